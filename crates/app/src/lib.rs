@@ -1,0 +1,6 @@
+//! rust-app: a service built on the `infra` crate.
+
+pub mod cli;
+pub mod http;
+pub mod shutdown;
+pub mod startup;

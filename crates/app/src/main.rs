@@ -1,0 +1,52 @@
+//! `rust-app`: the command-line entry point.
+
+use std::process::ExitCode;
+
+use app::cli::{Cli, Command};
+use app::{shutdown, startup::Application};
+use clap::Parser;
+use infra::config::{Config, EXIT_CONFIG};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("rust-app: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", app::cli::render_effective_config(&config));
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    if let Err(err) = infra::telemetry::init(&config.service) {
+        eprintln!("rust-app: cannot initialise logging: {err}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rust-app: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "rust-app stopped with an error");
+            eprintln!("rust-app: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Kafka health: a metadata request for the service's topic.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::KafkaClient;
+use crate::health::{CheckFailure, Details, HealthCheck};
+
+/// Checks that the cluster answers a metadata request for the configured topic and that the topic exists.
+#[derive(Debug)]
+pub struct KafkaHealth {
+    client: KafkaClient,
+    topic: String,
+    timeout: Duration,
+}
+
+impl KafkaHealth {
+    /// A check of `topic` through `client`; `timeout` bounds the metadata request itself.
+    pub fn new(client: KafkaClient, topic: String, timeout: Duration) -> Self {
+        KafkaHealth { client, topic, timeout }
+    }
+}
+
+#[async_trait]
+impl HealthCheck for KafkaHealth {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn check(&self) -> Result<Details, CheckFailure> {
+        let metadata = self
+            .client
+            .topic_metadata(&self.topic, self.timeout)
+            .await
+            .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.bootstrap())))?;
+        let mut details = Details::new();
+        details.insert("brokers".into(), json!(metadata.brokers));
+        details.insert("topic".into(), json!(self.topic));
+        details.insert("partitions".into(), json!(metadata.partitions));
+        Ok(details)
+    }
+}

@@ -1,0 +1,89 @@
+//! Redis settings.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::config::{Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
+
+/// Redis settings, named as in the specification. Bare numbers: seconds for timeouts, minutes for the
+/// connection age and idle time.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `REDIS_ADDR`: `host:port`, or a `redis://` / `rediss://` URL.
+    pub addr: String,
+    /// `REDIS_PASSWORD`: AUTH password; empty means none.
+    pub password: SecretString,
+    /// `REDIS_DB`: logical database number.
+    pub db: u32,
+    /// `REDIS_MAX_RETRIES`: retries of idempotent commands after a connection or timeout error.
+    pub max_retries: u32,
+    /// `REDIS_DIAL_TIMEOUT`: connecting (TCP + handshake).
+    pub dial_timeout: Duration,
+    /// `REDIS_READ_TIMEOUT`: waiting for a reply.
+    pub read_timeout: Duration,
+    /// `REDIS_WRITE_TIMEOUT`: sending a command.
+    pub write_timeout: Duration,
+    /// `REDIS_POOL_SIZE`: most connections in the pool.
+    pub pool_size: u32,
+    /// `REDIS_MIN_IDLE_CONNS`: idle connections kept ready.
+    pub min_idle_conns: u32,
+    /// `REDIS_MAX_CONN_AGE`: connections older than this are replaced (zero: no limit).
+    pub max_conn_age: Duration,
+    /// `REDIS_POOL_TIMEOUT`: waiting for a free connection from the pool.
+    pub pool_timeout: Duration,
+    /// `REDIS_IDLE_TIMEOUT`: idle connections are closed after this (zero: never).
+    pub idle_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Reads the Redis settings, recording problems in `r`.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let addr = r.parsed("REDIS_ADDR", Sensitivity::Url, "localhost:6379".to_string(), parse_addr);
+        let password = r.secret("REDIS_PASSWORD");
+        let db = r.int("REDIS_DB", 0, 0, i64::from(u32::MAX));
+        let max_retries = r.int("REDIS_MAX_RETRIES", 3, 0, 100);
+        let dial_timeout = r.duration("REDIS_DIAL_TIMEOUT", secs(5), Unit::Seconds, false);
+        let read_timeout = r.duration("REDIS_READ_TIMEOUT", secs(3), Unit::Seconds, false);
+        let write_timeout = r.duration("REDIS_WRITE_TIMEOUT", secs(3), Unit::Seconds, false);
+        let pool_size: u32 = r.int("REDIS_POOL_SIZE", 10, 1, i64::from(u32::MAX));
+        let size_ok = r.problems().iter().all(|p| p.name != "REDIS_POOL_SIZE");
+        let min_idle_conns: u32 = r.int("REDIS_MIN_IDLE_CONNS", 2, 0, i64::from(u32::MAX));
+        if size_ok && min_idle_conns > pool_size {
+            r.cross_check("REDIS_MIN_IDLE_CONNS", format!("must not exceed REDIS_POOL_SIZE ({pool_size})"));
+        }
+        RedisConfig {
+            addr,
+            password,
+            db,
+            max_retries,
+            dial_timeout,
+            read_timeout,
+            write_timeout,
+            pool_size,
+            min_idle_conns,
+            max_conn_age: r.duration("REDIS_MAX_CONN_AGE", secs(30 * 60), Unit::Minutes, true),
+            pool_timeout: r.duration("REDIS_POOL_TIMEOUT", secs(4), Unit::Seconds, false),
+            idle_timeout: r.duration("REDIS_IDLE_TIMEOUT", secs(5 * 60), Unit::Minutes, true),
+        }
+    }
+
+    /// The address with any password masked, safe to log.
+    pub fn redacted_addr(&self) -> String {
+        redact_url(&self.addr)
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn parse_addr(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.contains("://") {
+        check_url(raw, &["redis", "rediss"])?;
+    } else {
+        check_host_port(raw)?;
+    }
+    Ok(raw.to_string())
+}
