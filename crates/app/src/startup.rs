@@ -95,7 +95,8 @@ impl Application {
             let _ = stop_rx.wait_for(|stopping| *stopping).await;
         };
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let mut server = tokio::spawn(axum::serve(self.listener, service).with_graceful_shutdown(graceful).into_future());
+        let mut server =
+            tokio::spawn(axum::serve(self.listener, service).with_graceful_shutdown(graceful).into_future());
         tracing::info!(%address, "listening");
 
         tokio::select! {

@@ -32,7 +32,7 @@ impl Problem {
     /// A problem of the given status, code and title.
     pub fn new(status: StatusCode, code: &str, title: &str) -> Self {
         Problem {
-            kind: format!("https://rust-app.dev/problems/{code}"),
+            kind: format!("urn:rust-app:problem:{code}"),
             title: title.to_string(),
             status: status.as_u16(),
             detail: None,

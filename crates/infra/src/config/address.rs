@@ -20,9 +20,8 @@ pub fn check_broker_list(raw: &str) -> Result<Vec<String>, String> {
         return Err("must list at least one broker as host:port".to_string());
     }
     for broker in &brokers {
-        check_host_port(broker).map_err(|_| {
-            format!("must be a comma-separated list of host:port (port 1 to 65535); {broker:?} is not")
-        })?;
+        check_host_port(broker)
+            .map_err(|_| format!("must be a comma-separated list of host:port (port 1 to 65535); {broker:?} is not"))?;
     }
     Ok(brokers)
 }

@@ -44,10 +44,7 @@ impl fmt::Debug for Sources {
         let mut dotenv: Vec<_> = self.dotenv.keys().collect();
         env.sort();
         dotenv.sort();
-        f.debug_struct("Sources")
-            .field("environment", &env)
-            .field("dotenv", &dotenv)
-            .finish()
+        f.debug_struct("Sources").field("environment", &env).field("dotenv", &dotenv).finish()
     }
 }
 

@@ -200,12 +200,8 @@ mod tests {
     async fn aggregate_status_follows_criticality() {
         use Behaviour::*;
         use Criticality::*;
-        let cases = [
-            (Up, Up, Status::Up),
-            (Up, Down, Status::Degraded),
-            (Down, Up, Status::Down),
-            (Down, Down, Status::Down),
-        ];
+        let cases =
+            [(Up, Up, Status::Up), (Up, Down, Status::Degraded), (Down, Up, Status::Down), (Down, Down, Status::Down)];
         for (required, optional, expected) in cases {
             let db = FakeCheck::new("postgres", required);
             let cache = FakeCheck::new("redis", optional);

@@ -77,7 +77,11 @@ impl KafkaClient {
             .map_err(|err| KafkaError::Aborted(err.to_string()))?
             .map_err(KafkaError::Metadata)?;
         let topic_error = |reason: String| KafkaError::Topic { topic: topic.to_string(), reason };
-        let found = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| topic_error("not in metadata".into()))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| topic_error("not in metadata".into()))?;
         if let Some(err) = found.error() {
             return Err(topic_error(RDKafkaErrorCode::from(err).to_string()));
         }

@@ -34,8 +34,7 @@ impl fmt::Debug for PostgresClient {
 impl PostgresClient {
     /// Builds the pool from `config`; no connection is made until one is needed.
     pub fn connect_lazy(config: &PostgresConfig) -> Result<Self, PostgresError> {
-        let options =
-            PgConnectOptions::from_str(config.dsn.expose_secret()).map_err(|_| PostgresError::InvalidDsn)?;
+        let options = PgConnectOptions::from_str(config.dsn.expose_secret()).map_err(|_| PostgresError::InvalidDsn)?;
         let non_zero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_open_conns)

@@ -51,12 +51,7 @@ impl PostgresConfig {
     /// The DSN's `host:port/database`, safe to log.
     pub fn target(&self) -> String {
         match url::Url::parse(self.dsn.expose_secret()) {
-            Ok(url) => format!(
-                "{}:{}{}",
-                url.host_str().unwrap_or_default(),
-                url.port().unwrap_or(5432),
-                url.path()
-            ),
+            Ok(url) => format!("{}:{}{}", url.host_str().unwrap_or_default(), url.port().unwrap_or(5432), url.path()),
             Err(_) => "(invalid DSN)".to_string(),
         }
     }

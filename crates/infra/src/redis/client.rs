@@ -69,7 +69,8 @@ impl RedisClient {
     /// Builds the pool from `config`.
     pub fn connect_lazy(config: &RedisConfig) -> Result<Self, RedisError> {
         let addr = config.redacted_addr();
-        let invalid = |err: redis::RedisError| RedisError::InvalidAddress { addr: addr.clone(), reason: err.to_string() };
+        let invalid =
+            |err: redis::RedisError| RedisError::InvalidAddress { addr: addr.clone(), reason: err.to_string() };
         let url = if config.addr.contains("://") { config.addr.clone() } else { format!("redis://{}", config.addr) };
         let info = url.as_str().into_connection_info().map_err(invalid)?;
         let mut settings = info.redis_settings().clone().set_db(i64::from(config.db));

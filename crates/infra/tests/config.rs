@@ -1,0 +1,294 @@
+//! Configuration: defaults, every variable's validation rule, several problems at once, `.env` precedence,
+//! secrets never shown.
+
+use std::time::Duration;
+
+use infra::config::{Config, Origin, Sources};
+use secrecy::ExposeSecret;
+
+fn load(env: &[(&str, &str)]) -> Result<Config, infra::config::ConfigError> {
+    Config::from_sources(&Sources::from_env_pairs(env))
+}
+
+fn problems(env: &[(&str, &str)]) -> Vec<String> {
+    match load(env) {
+        Ok(_) => Vec::new(),
+        Err(err) => err.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn defaults_are_the_specifications_with_rust_names() {
+    let config = load(&[]).expect("defaults are valid");
+    assert_eq!(config.service.name, "rust-app");
+    assert_eq!(config.service.version, "v1.0.0");
+    assert_eq!(config.server.port, 8080);
+    assert_eq!(
+        config.postgres.dsn.expose_secret(),
+        "postgres://rust_app_user:rust_app_password@localhost:5432/rust_app?sslmode=disable"
+    );
+    assert_eq!(config.postgres.max_open_conns, 25);
+    assert_eq!(config.postgres.max_idle_conns, 10);
+    assert_eq!(config.postgres.conn_max_lifetime, Duration::from_secs(5 * 60));
+    assert_eq!(config.postgres.conn_max_idle_time, Duration::from_secs(5 * 60));
+    let redis = &config.redis;
+    assert_eq!(redis.addr, "localhost:6379");
+    assert_eq!(redis.password.expose_secret(), "");
+    assert_eq!((redis.db, redis.max_retries, redis.pool_size, redis.min_idle_conns), (0, 3, 10, 2));
+    assert_eq!(redis.dial_timeout, Duration::from_secs(5));
+    assert_eq!(redis.read_timeout, Duration::from_secs(3));
+    assert_eq!(redis.write_timeout, Duration::from_secs(3));
+    assert_eq!(redis.max_conn_age, Duration::from_secs(30 * 60));
+    assert_eq!(redis.pool_timeout, Duration::from_secs(4));
+    assert_eq!(redis.idle_timeout, Duration::from_secs(5 * 60));
+    let kafka = &config.kafka;
+    assert_eq!(kafka.brokers, ["localhost:9092"]);
+    assert_eq!(kafka.topic, "rust-app-events");
+    assert_eq!(kafka.consumer_group, "rust-app-consumer-group");
+    assert_eq!(kafka.batch_size, 100);
+    assert_eq!(kafka.dial_timeout, Duration::from_secs(15));
+    assert_eq!(kafka.conn_idle_time, Duration::from_secs(20 * 60));
+    assert_eq!(kafka.security_protocol, "PLAINTEXT");
+    assert_eq!(config.health.check_timeout, Duration::from_secs(2));
+    assert_eq!(config.health.cache_ttl, Duration::from_secs(1));
+    assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
+    assert!(config.effective().iter().all(|e| e.origin == Origin::Default));
+}
+
+#[test]
+fn every_variable_is_listed_in_the_effective_configuration() {
+    let config = load(&[]).expect("defaults are valid");
+    let names: Vec<&str> = config.effective().iter().map(|e| e.name).collect();
+    for name in [
+        "OTEL_SERVICE_NAME",
+        "OTEL_SERVICE_VERSION",
+        "OTEL_LOG_VERBOSITY",
+        "APP_HOST",
+        "APP_PORT",
+        "SHUTDOWN_TIMEOUT",
+        "HEALTH_CHECK_TIMEOUT",
+        "HEALTH_CACHE_TTL",
+        "POSTGRES_DSN",
+        "POSTGRES_MAX_OPEN_CONNS",
+        "POSTGRES_MAX_IDLE_CONNS",
+        "POSTGRES_CONN_MAX_LIFETIME",
+        "POSTGRES_CONN_MAX_IDLE_TIME",
+        "REDIS_ADDR",
+        "REDIS_PASSWORD",
+        "REDIS_DB",
+        "REDIS_MAX_RETRIES",
+        "REDIS_DIAL_TIMEOUT",
+        "REDIS_READ_TIMEOUT",
+        "REDIS_WRITE_TIMEOUT",
+        "REDIS_POOL_SIZE",
+        "REDIS_MIN_IDLE_CONNS",
+        "REDIS_MAX_CONN_AGE",
+        "REDIS_POOL_TIMEOUT",
+        "REDIS_IDLE_TIMEOUT",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC",
+        "KAFKA_CONSUMER_GROUP",
+        "KAFKA_BATCH_SIZE",
+        "KAFKA_DIAL_TIMEOUT",
+        "KAFKA_CONN_IDLE_TIME",
+        "KAFKA_SECURITY_PROTOCOL",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+}
+
+#[test]
+fn durations_keep_the_seeds_unit_for_bare_numbers_and_accept_units() {
+    let config = load(&[
+        ("POSTGRES_CONN_MAX_LIFETIME", "2"),
+        ("POSTGRES_CONN_MAX_IDLE_TIME", "90s"),
+        ("REDIS_DIAL_TIMEOUT", "7"),
+        ("REDIS_READ_TIMEOUT", "500ms"),
+        ("REDIS_MAX_CONN_AGE", "1h"),
+        ("KAFKA_CONN_IDLE_TIME", "0"),
+        ("HEALTH_CACHE_TTL", "250ms"),
+    ])
+    .expect("valid");
+    assert_eq!(config.postgres.conn_max_lifetime, Duration::from_secs(120), "bare lifetime = minutes");
+    assert_eq!(config.postgres.conn_max_idle_time, Duration::from_secs(90));
+    assert_eq!(config.redis.dial_timeout, Duration::from_secs(7), "bare timeout = seconds");
+    assert_eq!(config.redis.read_timeout, Duration::from_millis(500));
+    assert_eq!(config.redis.max_conn_age, Duration::from_secs(3600));
+    assert_eq!(config.kafka.conn_idle_time, Duration::ZERO, "zero = no limit");
+    assert_eq!(config.health.cache_ttl, Duration::from_millis(250));
+}
+
+#[test]
+fn choices_and_lists_are_normalised() {
+    let config = load(&[
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_BROKERS", "b1:9092, b2:9093"),
+        ("REDIS_ADDR", "rediss://:pw@cache.internal:6380"),
+        ("APP_HOST", "127.0.0.1"),
+    ])
+    .expect("valid");
+    assert_eq!(config.kafka.security_protocol, "SASL_SSL");
+    assert_eq!(config.kafka.brokers, ["b1:9092", "b2:9093"]);
+    assert_eq!(config.redis.redacted_addr(), "rediss://:***@cache.internal:6380");
+    assert_eq!(config.server.host.to_string(), "127.0.0.1");
+}
+
+/// One row per variable and bad value: the exact problem line expected.
+#[test]
+fn every_rule_has_its_own_message() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("OTEL_LOG_VERBOSITY", "9", "must be an integer from 0 to 3"),
+        ("OTEL_LOG_VERBOSITY", "loud", "must be an integer from 0 to 3"),
+        ("APP_HOST", "localhost", "must be an IP address such as 0.0.0.0 or 127.0.0.1"),
+        ("APP_PORT", "0", "must be an integer from 1 to 65535"),
+        ("APP_PORT", "70000", "must be an integer from 1 to 65535"),
+        ("APP_PORT", "http", "must be an integer from 1 to 65535"),
+        ("SHUTDOWN_TIMEOUT", "0", "must be greater than zero"),
+        ("HEALTH_CHECK_TIMEOUT", "-1", "must not be negative"),
+        (
+            "HEALTH_CACHE_TTL",
+            "soon",
+            "must be a duration: a whole number of seconds or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        (
+            "POSTGRES_DSN",
+            "mysql://u@h/db",
+            "must be a URL like postgres://user:password@host:port/name (scheme must be one of postgres, postgresql)",
+        ),
+        (
+            "POSTGRES_DSN",
+            "postgres://u@h/db?sslmode=sometimes",
+            "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full",
+        ),
+        (
+            "POSTGRES_DSN",
+            "postgres://u@h:0/db",
+            "must be a URL like postgres://user:password@host:port/name (port must be from 1 to 65535)",
+        ),
+        ("POSTGRES_MAX_OPEN_CONNS", "abc", "must be a positive integer"),
+        ("POSTGRES_MAX_OPEN_CONNS", "-3", "must be a positive integer"),
+        ("POSTGRES_MAX_IDLE_CONNS", "-1", "must be a non-negative integer"),
+        ("POSTGRES_MAX_IDLE_CONNS", "26", "must not exceed POSTGRES_MAX_OPEN_CONNS (25)"),
+        (
+            "POSTGRES_CONN_MAX_LIFETIME",
+            "5 fortnights",
+            "must be a duration: a whole number of minutes or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        ("POSTGRES_CONN_MAX_IDLE_TIME", "-5", "must not be negative"),
+        ("REDIS_ADDR", "localhost", "must be host:port with a port from 1 to 65535"),
+        ("REDIS_ADDR", "localhost:99999", "must be host:port with a port from 1 to 65535"),
+        ("REDIS_DB", "-1", "must be a non-negative integer"),
+        ("REDIS_MAX_RETRIES", "1000", "must be an integer from 0 to 100"),
+        ("REDIS_DIAL_TIMEOUT", "0", "must be greater than zero"),
+        (
+            "REDIS_READ_TIMEOUT",
+            "x",
+            "must be a duration: a whole number of seconds or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        ("REDIS_WRITE_TIMEOUT", "-2", "must not be negative"),
+        ("REDIS_POOL_SIZE", "0", "must be a positive integer"),
+        ("REDIS_MIN_IDLE_CONNS", "11", "must not exceed REDIS_POOL_SIZE (10)"),
+        (
+            "REDIS_MAX_CONN_AGE",
+            "forever",
+            "must be a duration: a whole number of minutes or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        ("REDIS_POOL_TIMEOUT", "0s", "must be greater than zero"),
+        ("REDIS_IDLE_TIMEOUT", "-1", "must not be negative"),
+        ("KAFKA_BROKERS", " , ", "must list at least one broker as host:port"),
+        ("KAFKA_BROKERS", "b1:9092,b2", "must be a comma-separated list of host:port (port 1 to 65535); \"b2\" is not"),
+        ("KAFKA_TOPIC", "bad topic!", "must be 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' or '-'"),
+        ("KAFKA_BATCH_SIZE", "0", "must be an integer from 1 to 1000000"),
+        ("KAFKA_DIAL_TIMEOUT", "0", "must be greater than zero"),
+        ("KAFKA_CONN_IDLE_TIME", "-1", "must not be negative"),
+        ("KAFKA_SECURITY_PROTOCOL", "bogus", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ];
+    for (name, value, rule) in cases {
+        let found = problems(&[(name, value)]);
+        let expected = format!("{name}={value:?} (environment): {rule}");
+        assert_eq!(found, [expected], "{name}={value}");
+    }
+}
+
+#[test]
+fn several_problems_are_reported_together_in_reading_order() {
+    let err = load(&[
+        ("POSTGRES_MAX_OPEN_CONNS", "abc"),
+        ("REDIS_POOL_SIZE", "0"),
+        ("KAFKA_SECURITY_PROTOCOL", "bogus"),
+        ("APP_PORT", "99999"),
+    ])
+    .expect_err("four problems");
+    let message = err.to_string();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines[0], "invalid configuration (4 problems):");
+    assert_eq!(lines.len(), 5, "{message}");
+    for (line, name) in
+        lines[1..].iter().zip(["APP_PORT", "POSTGRES_MAX_OPEN_CONNS", "REDIS_POOL_SIZE", "KAFKA_SECURITY_PROTOCOL"])
+    {
+        assert!(line.trim_start().starts_with(name), "{line}");
+    }
+}
+
+#[test]
+fn a_bad_pool_size_does_not_also_blame_the_idle_count() {
+    assert_eq!(problems(&[("REDIS_POOL_SIZE", "zero")]).len(), 1);
+    assert_eq!(problems(&[("POSTGRES_MAX_OPEN_CONNS", "none")]).len(), 1);
+}
+
+#[test]
+fn the_environment_wins_over_dotenv_which_wins_over_defaults() {
+    let env = [("APP_PORT", "9000")];
+    let dotenv = [("APP_PORT", "9100"), ("REDIS_DB", "4"), ("KAFKA_TOPIC", "")];
+    let sources = Sources::from_maps(
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        dotenv.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let config = Config::from_sources(&sources).expect("valid");
+    assert_eq!(config.server.port, 9000);
+    assert_eq!(config.redis.db, 4);
+    assert_eq!(config.kafka.topic, "rust-app-events", "an empty value means unset");
+    let origin = |name: &str| config.effective().iter().find(|e| e.name == name).map(|e| e.origin);
+    assert_eq!(origin("APP_PORT"), Some(Origin::Environment));
+    assert_eq!(origin("REDIS_DB"), Some(Origin::DotEnv));
+    assert_eq!(origin("KAFKA_TOPIC"), Some(Origin::Default));
+}
+
+#[test]
+fn a_dotenv_file_is_read_from_disk_and_its_problems_are_reported_with_the_rest() {
+    let dir = std::env::temp_dir().join(format!("rust-app-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(".env");
+    std::fs::write(&path, "REDIS_DB=5\n# comment\nKAFKA_TOPIC=from-dotenv\n").expect("write .env");
+    let config = Config::from_sources(&Sources::from_process(&path)).expect("valid");
+    assert_eq!(config.redis.db, 5);
+    assert_eq!(config.kafka.topic, "from-dotenv");
+
+    std::fs::write(&path, "REDIS_DB=5\nthis line is not an assignment\n").expect("write .env");
+    let err = Config::from_sources(&Sources::from_process(&path)).expect_err("malformed .env");
+    assert!(err.problems()[0].to_string().starts_with(".env (.env): the file cannot be parsed"), "{err}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn secrets_never_appear_in_messages_listings_or_debug_output() {
+    let password = "s3cr3t-Pa55";
+    let good =
+        load(&[("POSTGRES_DSN", &format!("postgres://app:{password}@db:5432/app")), ("REDIS_PASSWORD", password)])
+            .expect("valid");
+    let listing = format!("{:?}", good.effective());
+    assert!(listing.contains("postgres://app:***@db:5432/app"), "{listing}");
+    assert!(listing.contains("\"***\""), "REDIS_PASSWORD shows as ***: {listing}");
+    let debug = format!("{good:?}");
+    for shown in [&listing, &debug] {
+        assert!(!shown.contains(password), "secret leaked: {shown}");
+    }
+
+    let bad_dsn = format!("postgres://app:{password}@db:99999/app");
+    let err = load(&[("POSTGRES_DSN", &bad_dsn), ("REDIS_PASSWORD", password), ("REDIS_POOL_SIZE", "0")])
+        .expect_err("bad port");
+    let message = err.to_string();
+    assert!(message.contains("POSTGRES_DSN=\"postgres://app:***@db:99999/app\""), "{message}");
+    assert!(!message.contains(password), "secret leaked: {message}");
+    assert!(!format!("{err:?}").contains(password), "secret leaked in Debug");
+}
