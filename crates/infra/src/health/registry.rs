@@ -94,10 +94,10 @@ impl HealthRegistry {
 
     async fn probe(&self, component: &Component) -> ComponentHealth {
         let mut cache = component.cache.lock().await;
-        if let Some((at, result)) = cache.as_ref() {
-            if at.elapsed() < self.config.cache_ttl {
-                return result.clone();
-            }
+        if let Some((at, result)) = cache.as_ref()
+            && at.elapsed() < self.config.cache_ttl
+        {
+            return result.clone();
         }
         let result = self.run(component.check.as_ref()).await;
         let previous = cache.as_ref().map(|(_, r)| r.status);

@@ -59,7 +59,10 @@ impl fmt::Debug for KafkaClient {
 impl KafkaClient {
     /// Creates the client; librdkafka connects in the background, so this succeeds with brokers down.
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let admin = base_client_config(config).create().map_err(KafkaError::Config)?;
+        // A health check must observe the topic, not create it as a side effect (brokers with auto-creation
+        // would, on a metadata request from a client that allows it).
+        let admin =
+            base_client_config(config).set("allow.auto.create.topics", "false").create().map_err(KafkaError::Config)?;
         Ok(KafkaClient { admin: Arc::new(admin), bootstrap: config.bootstrap_servers() })
     }
 

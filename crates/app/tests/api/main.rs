@@ -1,0 +1,6 @@
+//! Integration tests of the service against the real local stack (`scripts/stack up`).
+
+mod cli;
+mod health;
+mod helpers;
+mod shutdown;
