@@ -292,3 +292,13 @@ fn secrets_never_appear_in_messages_listings_or_debug_output() {
     assert!(!message.contains(password), "secret leaked: {message}");
     assert!(!format!("{err:?}").contains(password), "secret leaked in Debug");
 }
+
+#[test]
+fn the_configuration_reference_documents_every_variable() {
+    let reference = include_str!("../../../docs/configuration.md");
+    let config = load(&[]).expect("defaults are valid");
+    for entry in config.effective() {
+        let row = format!("| `{}` |", entry.name);
+        assert!(reference.contains(&row), "docs/configuration.md has no row for {}", entry.name);
+    }
+}
