@@ -9,4 +9,5 @@ pub mod health;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;
+pub mod resilience;
 pub mod telemetry;

@@ -1,0 +1,7 @@
+//! Fault-tolerance building blocks shared by every client of this crate.
+
+mod breaker;
+mod clock;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, CircuitOpen, Permit};
+pub use clock::{Clock, FakeClock, SystemClock};
