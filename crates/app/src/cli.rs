@@ -24,6 +24,8 @@ pub enum Command {
     Serve,
     /// Print the effective configuration: every variable, its value (secrets masked) and its source.
     Config,
+    /// Apply the database migrations embedded in the binary, then exit.
+    Migrate,
 }
 
 /// The effective configuration as an aligned table: variable, value, source.

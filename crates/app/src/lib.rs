@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod http;
+pub mod migrations;
 pub mod shutdown;
 pub mod startup;

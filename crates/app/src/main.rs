@@ -22,6 +22,33 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Migrate => migrate(config),
+    }
+}
+
+fn migrate(config: Config) -> ExitCode {
+    let _ = infra::telemetry::init(&config.service);
+    let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
+        runtime.block_on(async {
+            let client = infra::postgres::PostgresClient::connect_lazy(&config.postgres)?;
+            let applied = app::migrations::apply(&client).await;
+            client.close().await;
+            Ok::<_, anyhow::Error>(applied?)
+        })
+    });
+    match result {
+        Ok(applied) if applied.is_empty() => {
+            println!("database is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("applied {} migration(s): {applied:?}", applied.len());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("rust-app: migration failed: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -46,12 +46,16 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let address = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-        Self::build_with_listener(config, listener)
+        Self::build_with_listener(config, listener).await
     }
 
-    /// Builds everything around an already bound listener (tests bind port 0).
-    pub fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+    /// Builds everything around an already bound listener (tests bind port 0). Applies the migrations first
+    /// when POSTGRES_MIGRATE_ON_START is set.
+    pub async fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let postgres = PostgresClient::connect_lazy(&config.postgres)?;
+        if config.postgres.migrate_on_start {
+            crate::migrations::apply(&postgres).await.context("applying migrations at start")?;
+        }
         let redis = RedisClient::connect_lazy(&config.redis)?;
         let kafka = KafkaClient::new(&config.kafka)?;
         spawn_ensure_topic(kafka.clone(), config.kafka.topic.clone(), config.kafka.dial_timeout);

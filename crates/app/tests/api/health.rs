@@ -77,7 +77,9 @@ async fn redis_stopped_degrades_the_service_but_it_stays_ready() {
 #[tokio::test]
 async fn postgres_unreachable_makes_the_service_down_and_not_ready() {
     let dsn = format!("postgres://rust_app_user:rust_app_password@127.0.0.1:{}/rust_app?sslmode=disable", free_port());
-    let app = spawn_app(&[("POSTGRES_DSN", &dsn), ("HEALTH_CHECK_TIMEOUT", "1s")]).await;
+    let app =
+        spawn_app(&[("POSTGRES_DSN", &dsn), ("HEALTH_CHECK_TIMEOUT", "1s"), ("POSTGRES_MIGRATE_ON_START", "false")])
+            .await;
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!((status, status_of(&body)), (503, "down"), "{body}");
     assert!(body["components"]["postgres"]["error"].is_string(), "{body}");

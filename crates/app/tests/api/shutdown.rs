@@ -78,6 +78,7 @@ async fn sigterm_lets_the_slow_request_in_flight_finish_then_exits_zero() {
         ("REDIS_ADDR", hole.addr.to_string()),
         ("REDIS_PASSWORD", secret.to_string()),
         ("POSTGRES_DSN", dsn),
+        ("POSTGRES_MIGRATE_ON_START", "false".to_string()),
         ("HEALTH_CHECK_TIMEOUT", "2s".to_string()),
         ("SHUTDOWN_TIMEOUT", "20s".to_string()),
     ];

@@ -27,6 +27,8 @@ pub enum Sensitivity {
 /// lifetimes and idle times in minutes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
+    /// A bare `500` means half a second (thresholds below a second).
+    Milliseconds,
     /// A bare `5` means five seconds.
     Seconds,
     /// A bare `5` means five minutes.
@@ -35,15 +37,16 @@ pub enum Unit {
 
 impl Unit {
     fn duration(self, amount: u64) -> Option<Duration> {
-        let seconds = match self {
-            Unit::Seconds => Some(amount),
-            Unit::Minutes => amount.checked_mul(60),
-        };
-        seconds.map(Duration::from_secs)
+        match self {
+            Unit::Milliseconds => Some(Duration::from_millis(amount)),
+            Unit::Seconds => Some(Duration::from_secs(amount)),
+            Unit::Minutes => amount.checked_mul(60).map(Duration::from_secs),
+        }
     }
 
     fn name(self) -> &'static str {
         match self {
+            Unit::Milliseconds => "milliseconds",
             Unit::Seconds => "seconds",
             Unit::Minutes => "minutes",
         }
@@ -182,6 +185,29 @@ impl<'a> Reader<'a> {
         self.read(name, Sensitivity::Plain, default, |raw| {
             allowed.iter().copied().find(|a| a.eq_ignore_ascii_case(raw.trim())).ok_or(rule)
         })
+    }
+
+    /// A boolean: true/false, 1/0, yes/no, on/off (any case).
+    pub fn bool(&mut self, name: &'static str, default: bool) -> bool {
+        self.read(name, Sensitivity::Plain, default, |raw| match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err("must be true or false".to_string()),
+        })
+    }
+
+    /// An optional path to a file that must exist and be readable; empty means not set.
+    pub fn optional_file(&mut self, name: &'static str) -> Option<std::path::PathBuf> {
+        let (raw, origin) = self.raw(name);
+        let path = raw.map(|raw| std::path::PathBuf::from(raw.trim()));
+        if let Some(path) = &path
+            && let Err(err) = std::fs::File::open(path)
+        {
+            self.problem(name, raw.map(str::to_string), origin, format!("must be a readable file ({err})"));
+        }
+        let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        self.entries.push(Entry { name, value: shown, origin });
+        path
     }
 
     /// Records a problem found by a rule that spans several variables (e.g. idle > open connections).

@@ -1,5 +1,6 @@
 //! PostgreSQL settings.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +25,21 @@ pub struct PostgresConfig {
     pub conn_max_lifetime: Duration,
     /// `POSTGRES_CONN_MAX_IDLE_TIME`: a connection idle longer than this is closed (zero: no limit).
     pub conn_max_idle_time: Duration,
+    /// `POSTGRES_CONNECT_TIMEOUT`: one direct connection attempt (the probes that diagnose an outage and detect
+    /// recovery). The pool's own connection attempts are bounded by the acquire timeout.
+    pub connect_timeout: Duration,
+    /// `POSTGRES_ACQUIRE_TIMEOUT`: waiting for a pooled connection, including opening one.
+    pub acquire_timeout: Duration,
+    /// `POSTGRES_STATEMENT_TIMEOUT`: server-side `statement_timeout` on every connection (zero: none).
+    pub statement_timeout: Duration,
+    /// `POSTGRES_STATEMENT_CACHE_CAPACITY`: prepared statements kept per connection (zero: no caching).
+    pub statement_cache_capacity: usize,
+    /// `POSTGRES_SLOW_QUERY_THRESHOLD`: queries slower than this are logged at warn.
+    pub slow_query_threshold: Duration,
+    /// `POSTGRES_MIGRATE_ON_START`: apply the embedded migrations when the service starts.
+    pub migrate_on_start: bool,
+    /// `POSTGRES_SSL_ROOT_CERT`: CA certificate file for `sslmode=verify-ca` / `verify-full`.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl PostgresConfig {
@@ -45,7 +61,35 @@ impl PostgresConfig {
             max_idle_conns,
             conn_max_lifetime: r.duration("POSTGRES_CONN_MAX_LIFETIME", minutes(5), Unit::Minutes, true),
             conn_max_idle_time: r.duration("POSTGRES_CONN_MAX_IDLE_TIME", minutes(5), Unit::Minutes, true),
+            connect_timeout: r.duration("POSTGRES_CONNECT_TIMEOUT", secs(5), Unit::Seconds, false),
+            acquire_timeout: r.duration("POSTGRES_ACQUIRE_TIMEOUT", secs(5), Unit::Seconds, false),
+            statement_timeout: r.duration("POSTGRES_STATEMENT_TIMEOUT", secs(30), Unit::Seconds, true),
+            statement_cache_capacity: r.int("POSTGRES_STATEMENT_CACHE_CAPACITY", 100, 0, 100_000),
+            slow_query_threshold: r.duration(
+                "POSTGRES_SLOW_QUERY_THRESHOLD",
+                Duration::from_millis(500),
+                Unit::Milliseconds,
+                false,
+            ),
+            migrate_on_start: r.bool("POSTGRES_MIGRATE_ON_START", true),
+            ssl_root_cert: r.optional_file("POSTGRES_SSL_ROOT_CERT"),
         }
+    }
+
+    /// Connection options from the DSN plus every per-connection setting (statement timeout, statement cache,
+    /// CA certificate). Not `Debug`-printed anywhere: sqlx's options hold the password.
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, String> {
+        let mut options = sqlx::postgres::PgConnectOptions::from_str(self.dsn.expose_secret())
+            .map_err(|_| "POSTGRES_DSN is not a valid PostgreSQL connection URL".to_string())?
+            .statement_cache_capacity(self.statement_cache_capacity);
+        if !self.statement_timeout.is_zero() {
+            let millis = self.statement_timeout.as_millis().to_string();
+            options = options.options([("statement_timeout", millis)]);
+        }
+        if let Some(ca) = &self.ssl_root_cert {
+            options = options.ssl_root_cert(ca);
+        }
+        Ok(options)
     }
 
     /// The DSN's `host:port/database`, safe to log.
@@ -55,6 +99,10 @@ impl PostgresConfig {
             Err(_) => "(invalid DSN)".to_string(),
         }
     }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 fn minutes(n: u64) -> Duration {

@@ -1,12 +1,12 @@
-//! PostgreSQL health: a `SELECT 1` through the pool.
+//! PostgreSQL health: a `SELECT 1` through the pool (and so through the circuit breaker).
 
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::PostgresClient;
+use super::{PostgresClient, sql};
 use crate::health::{CheckFailure, Details, HealthCheck};
 
-/// Checks that a pooled connection can run a query.
+/// Checks that a pooled connection can run a query; details show the pool and the breaker.
 #[derive(Debug)]
 pub struct PostgresHealth {
     client: PostgresClient,
@@ -26,19 +26,21 @@ impl HealthCheck for PostgresHealth {
     }
 
     async fn check(&self) -> Result<Details, CheckFailure> {
-        let pool = self.client.pool();
-        let one: i32 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(pool)
+        let (one,): (i32,) = self
+            .client
+            .query_one(sql("SELECT 1"))
             .await
             .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.target())))?;
         if one != 1 {
             return Err(CheckFailure::new(format!("SELECT 1 returned {one}")));
         }
+        let (size, idle) = self.client.pool_stats();
         let mut details = Details::new();
         details.insert("target".into(), json!(self.client.target()));
-        details.insert("pool_size".into(), json!(pool.size()));
-        details.insert("pool_idle".into(), json!(pool.num_idle()));
-        details.insert("pool_max".into(), json!(pool.options().get_max_connections()));
+        details.insert("pool_size".into(), json!(size));
+        details.insert("pool_idle".into(), json!(idle));
+        details.insert("pool_max".into(), json!(self.client.pool().options().get_max_connections()));
+        details.insert("breaker".into(), json!(self.client.breaker().state()));
         Ok(details)
     }
 }

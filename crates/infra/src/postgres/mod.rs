@@ -1,9 +1,18 @@
-//! PostgreSQL: configuration, connection pool and health check.
+//! PostgreSQL: configuration, a pool honouring every setting, traced statements and transactions, retries of
+//! serialization conflicts, a circuit breaker for outages, migrations, metrics and a health check.
 
 mod client;
 mod config;
+mod error;
 mod health;
+pub mod metrics;
+mod query;
+mod statement;
+mod transaction;
 
-pub use client::{PostgresClient, PostgresError};
-pub use config::PostgresConfig;
+pub use client::{PostgresClient, RetryPolicy};
+pub use config::{DEFAULT_DSN, PostgresConfig};
+pub use error::{DEADLOCK_DETECTED, PostgresError, SERIALIZATION_FAILURE, UNIQUE_VIOLATION};
 pub use health::PostgresHealth;
+pub use statement::{Row, Statement, operation_of, sql};
+pub use transaction::{Isolation, Transaction};

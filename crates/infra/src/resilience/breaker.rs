@@ -119,10 +119,16 @@ impl fmt::Debug for CircuitBreaker {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     generation: u64,
+    probe: bool,
     reported: bool,
 }
 
 impl Permit<'_> {
+    /// Whether this call is a half-open probe: callers may check the dependency cheaply first.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// The call succeeded.
     pub fn success(mut self) {
         self.reported = true;
@@ -173,6 +179,7 @@ impl CircuitBreaker {
         let now = self.clock.now();
         let mut inner = self.lock();
         self.expire_open(&mut inner, now);
+        let mut probe = false;
         match &mut inner.phase {
             Phase::Closed => {}
             Phase::Open { until } => {
@@ -183,9 +190,10 @@ impl CircuitBreaker {
                     return Err(CircuitOpen { name: self.name, retry_in: Duration::ZERO });
                 }
                 *admitted += 1;
+                probe = true;
             }
         }
-        Ok(Permit { breaker: self, generation: inner.generation, reported: false })
+        Ok(Permit { breaker: self, generation: inner.generation, probe, reported: false })
     }
 
     /// The current state (an open breaker whose cool-down has passed reports half-open).
@@ -302,6 +310,7 @@ mod tests {
     #[test]
     fn a_success_resets_the_streak() {
         let (b, _) = breaker(streak_only(3));
+        assert!(!b.acquire().expect("admitted").is_probe(), "closed: not a probe");
         fail(&b, 2);
         b.acquire().expect("admitted").success();
         fail(&b, 2);
@@ -358,6 +367,7 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let first = b.acquire().expect("probe 1");
+        assert!(first.is_probe());
         let second = b.acquire().expect("probe 2");
         assert!(b.acquire().is_err(), "only two probes at a time");
         first.success();

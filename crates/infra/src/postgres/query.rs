@@ -1,0 +1,160 @@
+//! Running statements on a connection, with a span per statement (OpenTelemetry database conventions),
+//! duration and error metrics, and a warning for slow queries.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use tracing::Span;
+use tracing::field::Empty;
+
+use super::PostgresConfig;
+use super::error::PostgresError;
+use super::metrics::statement_done;
+use super::statement::{Row, Statement};
+use super::transaction::Isolation;
+
+/// What every span of a client carries, computed once.
+#[derive(Clone, Debug)]
+pub(crate) struct QueryMeta {
+    pub(crate) database: Arc<str>,
+    pub(crate) host: Arc<str>,
+    pub(crate) port: u16,
+    pub(crate) target: Arc<str>,
+    pub(crate) slow_query_threshold: Duration,
+}
+
+impl QueryMeta {
+    pub(crate) fn new(config: &PostgresConfig, options: &PgConnectOptions) -> Self {
+        let database = options.get_database().unwrap_or(options.get_username()).to_string();
+        QueryMeta {
+            host: options.get_host().into(),
+            port: options.get_port(),
+            target: config.target().into(),
+            database: database.into(),
+            slow_query_threshold: config.slow_query_threshold,
+        }
+    }
+
+    /// A client span named `{operation} {database}`: the SQL text is recorded, bound values never are.
+    pub(crate) fn span(&self, statement: &Statement) -> Span {
+        let operation = statement.operation();
+        tracing::info_span!(
+            "postgresql",
+            otel.name = %format_args!("{operation} {}", self.database),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system = "postgresql",
+            db.operation = operation,
+            db.statement = statement.sql,
+            db.name = %self.database,
+            server.address = %self.host,
+            server.port = self.port,
+            db.response.rows = Empty,
+            db.response.status_code = Empty,
+            error.type = Empty,
+        )
+    }
+
+    pub(crate) fn transaction_span(&self, isolation: Isolation) -> Span {
+        tracing::info_span!(
+            "postgresql transaction",
+            otel.name = %format_args!("TRANSACTION {}", self.database),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system = "postgresql",
+            db.operation = "TRANSACTION",
+            db.name = %self.database,
+            db.isolation_level = isolation.name(),
+            server.address = %self.host,
+            server.port = self.port,
+            db.transaction.outcome = Empty,
+        )
+    }
+}
+
+/// Awaits `work` (already instrumented with `span`), then records its outcome on the span, in metrics and,
+/// when slow, in a warning.
+pub(crate) async fn observe<T, R>(
+    meta: &QueryMeta,
+    sql: &'static str,
+    operation: &'static str,
+    span: Span,
+    work: impl Future<Output = Result<T, PostgresError>>,
+    rows: R,
+) -> Result<T, PostgresError>
+where
+    R: Fn(&T) -> u64,
+{
+    let started = Instant::now();
+    let result = work.await;
+    let elapsed = started.elapsed();
+    match &result {
+        Ok(value) => {
+            span.record("db.response.rows", rows(value));
+        }
+        Err(err) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", err.metric_class());
+            if let Some(sqlstate) = err.sqlstate() {
+                span.record("db.response.status_code", sqlstate);
+            }
+        }
+    }
+    if elapsed >= meta.slow_query_threshold {
+        tracing::warn!(
+            parent: &span,
+            db.statement = sql,
+            duration_ms = elapsed.as_millis() as u64,
+            threshold_ms = meta.slow_query_threshold.as_millis() as u64,
+            "slow query"
+        );
+    }
+    statement_done(operation, elapsed, result.as_ref().err().map(PostgresError::metric_class));
+    result
+}
+
+fn bound(statement: &mut Statement) -> Result<(), PostgresError> {
+    match statement.bind_error.take() {
+        Some(err) => Err(PostgresError::Conversion(err)),
+        None => Ok(()),
+    }
+}
+
+fn query_of(statement: Statement) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query_with(statement.sql, statement.args)
+}
+
+pub(crate) async fn exec(conn: &mut PgConnection, mut statement: Statement) -> Result<u64, PostgresError> {
+    bound(&mut statement)?;
+    let done = query_of(statement).execute(conn).await.map_err(PostgresError::from_sqlx)?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn fetch_all<T>(conn: &mut PgConnection, mut statement: Statement) -> Result<Vec<T>, PostgresError>
+where
+    T: Row,
+{
+    bound(&mut statement)?;
+    sqlx::query_as_with(statement.sql, statement.args).fetch_all(conn).await.map_err(PostgresError::from_sqlx)
+}
+
+pub(crate) async fn fetch_one<T>(conn: &mut PgConnection, mut statement: Statement) -> Result<T, PostgresError>
+where
+    T: Row,
+{
+    bound(&mut statement)?;
+    sqlx::query_as_with(statement.sql, statement.args).fetch_one(conn).await.map_err(PostgresError::from_sqlx)
+}
+
+pub(crate) async fn fetch_optional<T>(
+    conn: &mut PgConnection,
+    mut statement: Statement,
+) -> Result<Option<T>, PostgresError>
+where
+    T: Row,
+{
+    bound(&mut statement)?;
+    sqlx::query_as_with(statement.sql, statement.args).fetch_optional(conn).await.map_err(PostgresError::from_sqlx)
+}
