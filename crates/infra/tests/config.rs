@@ -52,6 +52,13 @@ fn defaults_are_the_specifications_with_rust_names() {
     assert_eq!(config.health.check_timeout, Duration::from_secs(2));
     assert_eq!(config.health.cache_ttl, Duration::from_secs(1));
     assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
+    let pg = &config.postgres;
+    assert_eq!((pg.connect_timeout, pg.acquire_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
+    assert_eq!(pg.statement_timeout, Duration::from_secs(30));
+    assert_eq!(pg.statement_cache_capacity, 100);
+    assert_eq!(pg.slow_query_threshold, Duration::from_millis(500));
+    assert!(pg.migrate_on_start);
+    assert_eq!(pg.ssl_root_cert, None);
     assert!(config.effective().iter().all(|e| e.origin == Origin::Default));
 }
 
@@ -107,6 +114,8 @@ fn durations_keep_the_seeds_unit_for_bare_numbers_and_accept_units() {
         ("REDIS_MAX_CONN_AGE", "1h"),
         ("KAFKA_CONN_IDLE_TIME", "0"),
         ("HEALTH_CACHE_TTL", "250ms"),
+        ("POSTGRES_SLOW_QUERY_THRESHOLD", "250"),
+        ("POSTGRES_MIGRATE_ON_START", "No"),
     ])
     .expect("valid");
     assert_eq!(config.postgres.conn_max_lifetime, Duration::from_secs(120), "bare lifetime = minutes");
@@ -116,6 +125,8 @@ fn durations_keep_the_seeds_unit_for_bare_numbers_and_accept_units() {
     assert_eq!(config.redis.max_conn_age, Duration::from_secs(3600));
     assert_eq!(config.kafka.conn_idle_time, Duration::ZERO, "zero = no limit");
     assert_eq!(config.health.cache_ttl, Duration::from_millis(250));
+    assert_eq!(config.postgres.slow_query_threshold, Duration::from_millis(250), "bare threshold = milliseconds");
+    assert!(!config.postgres.migrate_on_start);
 }
 
 #[test]
@@ -175,6 +186,26 @@ fn every_rule_has_its_own_message() {
             "must be a duration: a whole number of minutes or a number with a unit such as 500ms, 30s, 2m, 1h",
         ),
         ("POSTGRES_CONN_MAX_IDLE_TIME", "-5", "must not be negative"),
+        ("POSTGRES_CONNECT_TIMEOUT", "0", "must be greater than zero"),
+        (
+            "POSTGRES_ACQUIRE_TIMEOUT",
+            "soon",
+            "must be a duration: a whole number of seconds or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        ("POSTGRES_STATEMENT_TIMEOUT", "-1", "must not be negative"),
+        ("POSTGRES_STATEMENT_CACHE_CAPACITY", "-1", "must be an integer from 0 to 100000"),
+        ("POSTGRES_SLOW_QUERY_THRESHOLD", "0", "must be greater than zero"),
+        (
+            "POSTGRES_SLOW_QUERY_THRESHOLD",
+            "fast",
+            "must be a duration: a whole number of milliseconds or a number with a unit such as 500ms, 30s, 2m, 1h",
+        ),
+        ("POSTGRES_MIGRATE_ON_START", "maybe", "must be true or false"),
+        (
+            "POSTGRES_SSL_ROOT_CERT",
+            "/nonexistent/ca.pem",
+            "must be a readable file (No such file or directory (os error 2))",
+        ),
         ("REDIS_ADDR", "localhost", "must be host:port with a port from 1 to 65535"),
         ("REDIS_ADDR", "localhost:99999", "must be host:port with a port from 1 to 65535"),
         ("REDIS_DB", "-1", "must be a non-negative integer"),
@@ -228,6 +259,14 @@ fn several_problems_are_reported_together_in_reading_order() {
     {
         assert!(line.trim_start().starts_with(name), "{line}");
     }
+}
+
+#[test]
+fn default_idle_counts_follow_a_smaller_pool_but_explicit_contradictions_are_errors() {
+    let config = load(&[("POSTGRES_MAX_OPEN_CONNS", "1"), ("REDIS_POOL_SIZE", "1")]).expect("defaults adapt");
+    assert_eq!((config.postgres.max_idle_conns, config.redis.min_idle_conns), (1, 1));
+    let found = problems(&[("POSTGRES_MAX_OPEN_CONNS", "1"), ("POSTGRES_MAX_IDLE_CONNS", "10")]);
+    assert_eq!(found, ["POSTGRES_MAX_IDLE_CONNS=\"10\" (environment): must not exceed POSTGRES_MAX_OPEN_CONNS (1)"]);
 }
 
 #[test]

@@ -217,6 +217,11 @@ impl<'a> Reader<'a> {
         self.problem(name, shown, origin, rule);
     }
 
+    /// Where `name`'s value comes from.
+    pub fn origin(&self, name: &str) -> Origin {
+        self.raw(name).1
+    }
+
     /// The problems found so far.
     pub fn problems(&self) -> &[Problem] {
         &self.problems

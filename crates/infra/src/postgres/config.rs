@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Reader, Unit, check_url};
+use crate::config::{Origin, Reader, Unit, check_url};
 
 /// The default DSN of the local stack (`scripts/stack up` creates this role and database).
 pub const DEFAULT_DSN: &str = "postgres://rust_app_user:rust_app_password@localhost:5432/rust_app?sslmode=disable";
@@ -48,8 +48,11 @@ impl PostgresConfig {
         let dsn = r.secret_url("POSTGRES_DSN", DEFAULT_DSN, check_dsn);
         let max_open_conns: u32 = r.int("POSTGRES_MAX_OPEN_CONNS", 25, 1, i64::from(u32::MAX));
         let open_ok = r.problems().iter().all(|p| p.name != "POSTGRES_MAX_OPEN_CONNS");
-        let max_idle_conns: u32 = r.int("POSTGRES_MAX_IDLE_CONNS", 10, 0, i64::from(u32::MAX));
-        if open_ok && max_idle_conns > max_open_conns {
+        let mut max_idle_conns: u32 = r.int("POSTGRES_MAX_IDLE_CONNS", 10, 0, i64::from(u32::MAX));
+        if r.origin("POSTGRES_MAX_IDLE_CONNS") == Origin::Default {
+            // Only the user's own contradiction is an error; the default follows a smaller pool.
+            max_idle_conns = max_idle_conns.min(max_open_conns);
+        } else if open_ok && max_idle_conns > max_open_conns {
             r.cross_check(
                 "POSTGRES_MAX_IDLE_CONNS",
                 format!("must not exceed POSTGRES_MAX_OPEN_CONNS ({max_open_conns})"),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::config::{Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
+use crate::config::{Origin, Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
 
 /// Redis settings, named as in the specification. Bare numbers: seconds for timeouts, minutes for the
 /// connection age and idle time.
@@ -48,8 +48,10 @@ impl RedisConfig {
         let write_timeout = r.duration("REDIS_WRITE_TIMEOUT", secs(3), Unit::Seconds, false);
         let pool_size: u32 = r.int("REDIS_POOL_SIZE", 10, 1, i64::from(u32::MAX));
         let size_ok = r.problems().iter().all(|p| p.name != "REDIS_POOL_SIZE");
-        let min_idle_conns: u32 = r.int("REDIS_MIN_IDLE_CONNS", 2, 0, i64::from(u32::MAX));
-        if size_ok && min_idle_conns > pool_size {
+        let mut min_idle_conns: u32 = r.int("REDIS_MIN_IDLE_CONNS", 2, 0, i64::from(u32::MAX));
+        if r.origin("REDIS_MIN_IDLE_CONNS") == Origin::Default {
+            min_idle_conns = min_idle_conns.min(pool_size);
+        } else if size_ok && min_idle_conns > pool_size {
             r.cross_check("REDIS_MIN_IDLE_CONNS", format!("must not exceed REDIS_POOL_SIZE ({pool_size})"));
         }
         RedisConfig {

@@ -1,0 +1,234 @@
+//! Test support: a fresh database per test on the shared stack, private PostgreSQL servers for tests that stop
+//! or restart one, configuration helpers, and log capture.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use infra::config::{Config, Sources};
+use infra::postgres::PostgresConfig;
+
+const ADMIN_DSN: &str = "postgres://rust_app_user:rust_app_password@127.0.0.1:5432/rust_app?sslmode=disable";
+
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+fn psql(dsn: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([dsn, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql (scripts/stack up installs it)");
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A database created for one test on the shared server, dropped (with its connections) at the end.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn create() -> Self {
+        let name = unique("t");
+        psql(ADMIN_DSN, &format!("CREATE DATABASE {name}"));
+        TestDb { name }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("postgres://rust_app_user:rust_app_password@127.0.0.1:5432/{}?sslmode=disable", self.name)
+    }
+
+    /// Connections the server has open to this database (seen from another database).
+    pub fn server_connections(&self) -> i64 {
+        psql(ADMIN_DSN, &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'", self.name))
+            .parse()
+            .expect("a count")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([ADMIN_DSN, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+pub fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let mut env = vec![("POSTGRES_DSN", dsn)];
+    env.extend_from_slice(overrides);
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn pg_bin(tool: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server installed (scripts/stack up)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort();
+    versions.last().expect("a PostgreSQL version").join("bin").join(tool)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A PostgreSQL server of the test's own on a free port (trust authentication), for tests that stop or
+/// restart the server: the shared stack is never touched. Stopped and deleted when dropped.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PrivatePostgres {
+    /// Initialises and starts a server; `conf` lines are appended to postgresql.conf and `hba` replaces
+    /// pg_hba.conf when given.
+    pub fn start(conf: &[&str], hba: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(unique("pgtest"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let server = PrivatePostgres { port: free_port(), dir };
+        if is_root() {
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&server.dir).status().expect("chown");
+        }
+        server.run(
+            &pg_bin("initdb"),
+            &["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(Path::new(&server.data()).join("postgresql.conf"))
+            .expect("conf");
+        writeln!(
+            file,
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off",
+            server.port,
+            server.dir.display()
+        )
+        .expect("write conf");
+        for line in conf {
+            writeln!(file, "{line}").expect("write conf");
+        }
+        if let Some(hba) = hba {
+            std::fs::write(Path::new(&server.data()).join("pg_hba.conf"), hba).expect("hba");
+        }
+        server.start_again();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run<S: AsRef<std::ffi::OsStr>>(&self, tool: &Path, args: &[S]) {
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(tool);
+            c
+        } else {
+            Command::new(tool)
+        };
+        let output = command.args(args).output().expect("run PostgreSQL tool");
+        assert!(output.status.success(), "{tool:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.dir.join("log").display().to_string();
+        let mut all: Vec<String> = ["-D", &self.data(), "-l", &log, "-w", "-t", "30"].map(String::from).to_vec();
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.run(&pg_bin("pg_ctl"), &all);
+    }
+
+    pub fn dsn(&self, extra: &str) -> String {
+        format!("postgres://postgres:not-used@127.0.0.1:{}/postgres?sslmode=disable{extra}", self.port)
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast", "restart"]);
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let log = self.dir.join("log").display().to_string();
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-l", log.as_str(), "-m", "immediate", "stop"];
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pg_bin("pg_ctl"));
+            c
+        } else {
+            Command::new(pg_bin("pg_ctl"))
+        };
+        let _ = command.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Everything written through a tracing subscriber installed for the current thread (tokio's default test
+/// runtime is single-threaded, so the client's tasks log here too).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns true, for at most `limit`.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
