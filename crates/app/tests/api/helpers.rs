@@ -1,9 +1,7 @@
-//! Test helpers: the app spawned in-process on a random port, the binary spawned as a process, private Redis
-//! servers the tests may kill, and fake dependencies (a closed port, a black hole that never answers).
+//! Test helpers: the app spawned in-process on a random port, and the binary spawned as a process. Private
+//! servers and fakes come from the `test-support` crate.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use app::startup::Application;
@@ -12,19 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A name no other test uses (topics, groups...).
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
+pub use test_support::fakes::{BlackHole, RedisServer, TempDir};
+pub use test_support::{free_port, unique};
 
 /// The service running in this process, stopped when dropped.
 pub struct TestApp {
@@ -97,91 +84,6 @@ impl Drop for TestApp {
     }
 }
 
-/// A private redis-server on a free loopback port, killed when dropped. For tests that stop Redis: the
-/// shared stack's server is never touched.
-pub struct RedisServer {
-    pub port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/stack up installs it)");
-        let server = RedisServer { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.command::<String>(&mut redis::cmd("PING")).is_err() {
-            assert!(Instant::now() < deadline, "private redis-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Runs one command on a fresh connection.
-    pub fn command<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        cmd.query(&mut conn)
-    }
-
-    /// How many times the server has executed `command` (from INFO commandstats).
-    pub fn calls(&self, command: &str) -> u64 {
-        let info: String = self.command(redis::cmd("INFO").arg("commandstats")).expect("INFO");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A TCP server that accepts connections and never answers: a dependency that hangs.
-pub struct BlackHole {
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl BlackHole {
-    pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        BlackHole { addr, task }
-    }
-}
-
-impl Drop for BlackHole {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The `rust-app` binary with a clean environment (only PATH and HOME kept) and a private working directory,
 /// so neither the developer's environment nor a `.env` in the repository leaks into the test.
 pub fn binary(env: &[(&str, &str)], workdir: &std::path::Path) -> Command {
@@ -194,21 +96,4 @@ pub fn binary(env: &[(&str, &str)], workdir: &std::path::Path) -> Command {
     }
     command.envs(env.iter().copied());
     command
-}
-
-/// A fresh temporary directory, removed when dropped.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        let path = std::env::temp_dir().join(unique("rust-app-test"));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

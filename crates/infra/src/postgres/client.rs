@@ -163,11 +163,18 @@ impl PostgresClient {
     /// serialization failure (40001) or deadlock (40P01), with exponential backoff and jitter, at most
     /// `policy.max_attempts` times. The error says how many attempts were made.
     ///
-    /// ```ignore
-    /// client.transaction(Isolation::Serializable, RetryPolicy::default(), |tx| Box::pin(async move {
-    ///     tx.exec(sql("UPDATE accounts SET balance = balance - $1 WHERE id = $2").bind(10).bind(1)).await?;
-    ///     Ok(())
-    /// })).await?;
+    /// ```no_run
+    /// # use infra::postgres::{Isolation, PostgresClient, PostgresError, RetryPolicy, sql};
+    /// # async fn transfer(client: &PostgresClient) -> Result<(), PostgresError> {
+    /// client
+    ///     .transaction(Isolation::Serializable, RetryPolicy::default(), |tx| {
+    ///         Box::pin(async move {
+    ///             tx.exec(sql("UPDATE accounts SET balance = balance - $1 WHERE id = $2").bind(10).bind(1)).await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .await
+    /// # }
     /// ```
     pub async fn transaction<T, F>(
         &self,

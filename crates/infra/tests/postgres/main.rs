@@ -1,15 +1,14 @@
 //! The PostgreSQL layer against real servers: the shared stack (a fresh database per test) and private
 //! servers for restarts and outages.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use infra::health::HealthCheck;
 use infra::postgres::{Isolation, PostgresClient, PostgresError, PostgresHealth, RetryPolicy, sql};
-use support::{CapturedLogs, PrivatePostgres, TestDb, config, eventually};
+use test_support::postgres::{PrivatePostgres, TestDb, config};
+use test_support::{CapturedLogs, eventually};
 
 fn client(db: &TestDb, overrides: &[(&str, &str)]) -> PostgresClient {
     PostgresClient::connect_lazy(&config(&db.dsn(), overrides)).expect("client")

@@ -1,24 +1,16 @@
-//! Test support: a fresh database per test on the shared stack, private PostgreSQL servers for tests that stop
-//! or restart one, configuration helpers, and log capture.
+//! PostgreSQL for tests: a fresh database per test on the shared stack, private servers for tests that stop
+//! or restart one, and configuration helpers.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use infra::config::{Config, Sources};
 use infra::postgres::PostgresConfig;
 
-const ADMIN_DSN: &str = "postgres://rust_app_user:rust_app_password@127.0.0.1:5432/rust_app?sslmode=disable";
+use crate::{free_port, unique};
 
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
-}
+const ADMIN_DSN: &str = "postgres://rust_app_user:rust_app_password@127.0.0.1:5432/rust_app?sslmode=disable";
 
 fn psql(dsn: &str, sql: &str) -> String {
     let output = Command::new("psql")
@@ -68,10 +60,6 @@ pub fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
     let mut env = vec![("POSTGRES_DSN", dsn)];
     env.extend_from_slice(overrides);
     Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 fn pg_bin(tool: &str) -> PathBuf {
@@ -183,52 +171,5 @@ impl Drop for PrivatePostgres {
         };
         let _ = command.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Everything written through a tracing subscriber installed for the current thread (tokio's default test
-/// runtime is single-threaded, so the client's tasks log here too).
-#[derive(Clone, Default)]
-pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned()
-    }
-}
-
-impl Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Polls `check` until it returns true, for at most `limit`.
-pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
