@@ -6,6 +6,7 @@ use app::cli::{Cli, Command};
 use app::{shutdown, startup::Application};
 use clap::Parser;
 use infra::config::{Config, EXIT_CONFIG};
+use infra::telemetry::LogOutput;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
 }
 
 fn migrate(config: Config) -> ExitCode {
-    let _ = infra::telemetry::init(&config.service);
+    let _ = infra::telemetry::init(&config.service, LogOutput::Stderr);
     let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
         runtime.block_on(async {
             let client = infra::postgres::PostgresClient::connect_lazy(&config.postgres)?;
@@ -53,7 +54,7 @@ fn migrate(config: Config) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    if let Err(err) = infra::telemetry::init(&config.service) {
+    if let Err(err) = infra::telemetry::init(&config.service, LogOutput::Stdout) {
         eprintln!("rust-app: cannot initialise logging: {err}");
         return ExitCode::FAILURE;
     }

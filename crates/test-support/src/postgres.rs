@@ -45,6 +45,13 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs SQL in this database outside the code under test; returns psql's unaligned output.
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.dsn(), sql)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
