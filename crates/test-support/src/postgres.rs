@@ -124,6 +124,27 @@ impl PrivatePostgres {
         server
     }
 
+    /// A server that accepts only TLS connections, with a certificate for `localhost` / 127.0.0.1 signed by a
+    /// test CA. Returns the server and the CA certificate's path.
+    pub fn start_tls_only() -> (Self, PathBuf) {
+        let certs = std::env::temp_dir().join(unique("pgcerts"));
+        std::fs::create_dir_all(&certs).expect("dir");
+        make_certificates(&certs);
+        let cert = certs.join("server.crt").display().to_string();
+        let key = certs.join("server.key").display().to_string();
+        if is_root() {
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&certs).status().expect("chown");
+        }
+        let conf = ["ssl = on".to_string(), format!("ssl_cert_file = '{cert}'"), format!("ssl_key_file = '{key}'")];
+        let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+        let server = Self::start(&conf, Some(hba));
+        let ca = server.dir.join("ca.pem");
+        std::fs::copy(certs.join("ca.pem"), &ca).expect("copy CA");
+        let _ = std::fs::remove_dir_all(&certs);
+        (server, ca)
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }
@@ -162,6 +183,63 @@ impl PrivatePostgres {
     pub fn start_again(&self) {
         self.pg_ctl(&["start"]);
     }
+}
+
+/// A CA and a server certificate it signed, for localhost and 127.0.0.1 (openssl's command line).
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rust-app test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let key = dir.join("server.key");
+    let mut permissions = std::fs::metadata(&key).expect("key").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    std::fs::set_permissions(&key, permissions).expect("chmod key");
 }
 
 impl Drop for PrivatePostgres {

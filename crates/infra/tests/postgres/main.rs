@@ -340,3 +340,29 @@ async fn statements_are_spans_with_database_attributes_and_slow_ones_are_logged(
     assert!(!text.contains("bound-value-never-recorded"), "bound values are never recorded:\n{text}");
     pg.close().await;
 }
+
+#[tokio::test]
+async fn sslmode_from_the_dsn_is_honoured_with_rustls() {
+    let (server, ca) = PrivatePostgres::start_tls_only();
+    let ca = ca.display().to_string();
+    let dsn = |host: &str, mode: &str| format!("postgres://postgres@{host}:{}/postgres?sslmode={mode}", server.port);
+    let encrypted = async |dsn: String, extra: &[(&str, &str)]| -> Result<bool, PostgresError> {
+        let mut overrides = vec![("POSTGRES_ACQUIRE_TIMEOUT", "2s")];
+        overrides.extend_from_slice(extra);
+        let pg = PostgresClient::connect_lazy(&config(&dsn, &overrides)).expect("client");
+        let result = pg.query_one::<(bool,)>(sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).await;
+        pg.close().await;
+        result.map(|(ssl,)| ssl)
+    };
+    let with_ca = [("POSTGRES_SSL_ROOT_CERT", ca.as_str())];
+
+    assert!(encrypted(dsn("127.0.0.1", "require"), &[]).await.expect("require: encrypted, not verified"));
+    assert!(encrypted(dsn("127.0.0.1", "prefer"), &[]).await.expect("prefer: encrypted when offered"));
+    assert!(encrypted(dsn("localhost", "verify-full"), &with_ca).await.expect("verify-full with the CA"));
+    assert!(encrypted(dsn("127.0.0.1", "verify-ca"), &with_ca).await.expect("verify-ca with the CA"));
+
+    let unknown_ca = encrypted(dsn("localhost", "verify-full"), &[]).await.expect_err("unknown CA refused");
+    assert!(unknown_ca.is_unavailable(), "{unknown_ca:?}");
+    let plain = encrypted(dsn("127.0.0.1", "disable"), &[]).await.expect_err("server refuses plaintext");
+    assert!(plain.to_string().contains("no encryption"), "{plain}");
+}
