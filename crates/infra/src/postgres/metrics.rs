@@ -60,11 +60,44 @@ impl PoolMetrics {
     }
 }
 
-/// Records one statement's duration and, on failure, its error class.
-pub(crate) fn statement_done(operation: &'static str, elapsed: Duration, error_class: Option<&'static str>) {
-    let outcome = if error_class.is_some() { "error" } else { "ok" };
-    histogram!(names::QUERY_DURATION, "operation" => operation, "outcome" => outcome).record(elapsed.as_secs_f64());
-    if let Some(class) = error_class {
-        counter!(names::ERRORS, "class" => class).increment(1);
+/// Statement-duration histograms for every (operation, outcome), registered once per client so recording a
+/// statement is one atomic operation, not a registry look-up.
+#[derive(Clone)]
+pub(crate) struct StatementMetrics {
+    durations: std::sync::Arc<[(&'static str, Histogram, Histogram)]>,
+}
+
+impl std::fmt::Debug for StatementMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatementMetrics").finish_non_exhaustive()
+    }
+}
+
+impl StatementMetrics {
+    pub(crate) fn new() -> Self {
+        let durations = crate::postgres::statement::OPERATIONS
+            .iter()
+            .map(|&op| {
+                let ok = histogram!(names::QUERY_DURATION, "operation" => op, "outcome" => "ok");
+                let error = histogram!(names::QUERY_DURATION, "operation" => op, "outcome" => "error");
+                (op, ok, error)
+            })
+            .collect();
+        StatementMetrics { durations }
+    }
+
+    /// Records one statement's duration and, on failure, its error class.
+    pub(crate) fn done(&self, operation: &'static str, elapsed: Duration, error_class: Option<&'static str>) {
+        let seconds = elapsed.as_secs_f64();
+        match self.durations.iter().find(|(op, _, _)| *op == operation) {
+            Some((_, ok, error)) => if error_class.is_some() { error } else { ok }.record(seconds),
+            None => {
+                let outcome = if error_class.is_some() { "error" } else { "ok" };
+                histogram!(names::QUERY_DURATION, "operation" => operation, "outcome" => outcome).record(seconds);
+            }
+        }
+        if let Some(class) = error_class {
+            counter!(names::ERRORS, "class" => class).increment(1);
+        }
     }
 }

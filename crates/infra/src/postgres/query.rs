@@ -11,7 +11,7 @@ use tracing::field::Empty;
 
 use super::PostgresConfig;
 use super::error::PostgresError;
-use super::metrics::statement_done;
+use super::metrics::StatementMetrics;
 use super::statement::{Row, Statement};
 use super::transaction::Isolation;
 
@@ -23,6 +23,7 @@ pub(crate) struct QueryMeta {
     pub(crate) port: u16,
     pub(crate) target: Arc<str>,
     pub(crate) slow_query_threshold: Duration,
+    pub(crate) metrics: StatementMetrics,
 }
 
 impl QueryMeta {
@@ -34,6 +35,7 @@ impl QueryMeta {
             target: config.target().into(),
             database: database.into(),
             slow_query_threshold: config.slow_query_threshold,
+            metrics: StatementMetrics::new(),
         }
     }
 
@@ -41,6 +43,7 @@ impl QueryMeta {
     pub(crate) fn span(&self, statement: &Statement) -> Span {
         let operation = statement.operation();
         tracing::info_span!(
+            target: "infra::postgres",
             "postgresql",
             otel.name = %format_args!("{operation} {}", self.database),
             otel.kind = "client",
@@ -59,6 +62,7 @@ impl QueryMeta {
 
     pub(crate) fn transaction_span(&self, isolation: Isolation) -> Span {
         tracing::info_span!(
+            target: "infra::postgres",
             "postgresql transaction",
             otel.name = %format_args!("TRANSACTION {}", self.database),
             otel.kind = "client",
@@ -111,7 +115,7 @@ where
             "slow query"
         );
     }
-    statement_done(operation, elapsed, result.as_ref().err().map(PostgresError::metric_class));
+    meta.metrics.done(operation, elapsed, result.as_ref().err().map(PostgresError::metric_class));
     result
 }
 

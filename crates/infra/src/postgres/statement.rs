@@ -51,13 +51,15 @@ impl Statement {
 
 /// The first keyword of `sql`, upper-cased, if it is a known one; `OTHER` otherwise.
 pub fn operation_of(sql: &str) -> &'static str {
-    const KNOWN: [&str; 16] = [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "MERGE", "COPY", "BEGIN", "COMMIT", "ROLLBACK",
-        "CREATE", "ALTER", "DROP", "TRUNCATE", "SET",
-    ];
     let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    KNOWN.iter().copied().find(|k| k.eq_ignore_ascii_case(first)).unwrap_or("OTHER")
+    OPERATIONS.iter().copied().find(|k| k.eq_ignore_ascii_case(first)).unwrap_or("OTHER")
 }
+
+/// Every value [`operation_of`] returns: the `operation` label's whole range.
+pub(crate) const OPERATIONS: [&str; 17] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "MERGE", "COPY", "BEGIN", "COMMIT", "ROLLBACK", "CREATE",
+    "ALTER", "DROP", "TRUNCATE", "SET", "OTHER",
+];
 
 /// A type a result row decodes into (a tuple, or a struct deriving `sqlx::FromRow`).
 pub trait Row: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + 'static {}
