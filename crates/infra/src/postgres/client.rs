@@ -114,7 +114,7 @@ impl PostgresClient {
             let mut conn = self.acquire().await?;
             query::exec(&mut conn, statement).await
         };
-        query::observe(&self.inner.meta, sql, operation, span.clone(), work.instrument(span), |n| *n).await
+        query::observe(&self.inner.meta, sql, operation, span, work, |n| *n).await
     }
 
     /// Runs a query and decodes every row.
@@ -286,7 +286,7 @@ impl PostgresClient {
             let mut conn = self.acquire().await?;
             fetch(&mut conn, statement).await
         };
-        query::observe(&self.inner.meta, sql, operation, span.clone(), work.instrument(span), rows).await
+        query::observe(&self.inner.meta, sql, operation, span, work, rows).await
     }
 
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, PostgresError> {

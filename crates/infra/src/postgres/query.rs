@@ -78,8 +78,12 @@ impl QueryMeta {
     }
 }
 
-/// Awaits `work` (already instrumented with `span`), then records its outcome on the span, in metrics and,
-/// when slow, in a warning.
+/// Awaits `work`, then records its outcome on `span`, in metrics and, when slow, in a warning.
+///
+/// The span is created before `work` starts and closed when this returns, which is all a trace needs for
+/// the statement's timing and parentage. It is deliberately not entered around every poll of `work`:
+/// nothing inside creates spans or events that need it as their parent, and entering it costs about 1 % of
+/// a point SELECT (measured in `benches/postgres.rs`).
 pub(crate) async fn observe<T, R>(
     meta: &QueryMeta,
     sql: &'static str,

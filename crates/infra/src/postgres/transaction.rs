@@ -138,8 +138,7 @@ impl Transaction {
         let span = self.span.in_scope(|| self.meta.span(&statement));
         let (sql, operation) = (statement.sql, statement.operation());
         let tx = self.tx.as_mut().ok_or_else(|| PostgresError::Other("transaction already finished".into()))?;
-        let work = fetch(tx, statement).instrument(span.clone());
-        query::observe(&self.meta, sql, operation, span, work, rows).await
+        query::observe(&self.meta, sql, operation, span, fetch(tx, statement), rows).await
     }
 }
 
