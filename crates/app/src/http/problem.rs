@@ -6,6 +6,7 @@ use std::any::Any;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use infra::postgres::PostgresError;
 use serde::Serialize;
 
 /// The media type of problem details.
@@ -26,6 +27,9 @@ pub struct Problem {
     pub detail: Option<String>,
     /// Stable error code clients can branch on.
     pub code: String,
+    /// Sent as the `Retry-After` header (seconds) on 503s.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -37,6 +41,29 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             code: code.to_string(),
+            retry_after: None,
+        }
+    }
+
+    /// The answer to a database failure: 503 with `Retry-After` when PostgreSQL is unavailable (the cause goes
+    /// to the logs, not to the client), 504 on a statement timeout, 500 otherwise.
+    pub fn from_postgres(err: &PostgresError) -> Self {
+        match err {
+            PostgresError::Unavailable { retry_in, .. } => {
+                let mut problem =
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
+                        .detail("the database is unavailable; retry later");
+                problem.retry_after = Some(retry_in.map_or(1, |d| d.as_secs().max(1)));
+                problem
+            }
+            PostgresError::PoolExhausted { .. } => {
+                let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
+                    .detail("no database connection became free in time; retry later");
+                problem.retry_after = Some(1);
+                problem
+            }
+            PostgresError::StatementTimeout => Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),
+            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 
@@ -50,8 +77,13 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
         let mut response = (status, Json(self)).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -75,4 +107,35 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     tracing::error!(panic = message, "handler panicked");
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_unavailable_database_is_a_503_with_retry_after_and_no_cause() {
+        let err = PostgresError::Unavailable {
+            cause: "connection refused at 10.0.0.5".into(),
+            retry_in: Some(Duration::from_millis(2500)),
+        };
+        let response = Problem::from_postgres(&err).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let problem = Problem::from_postgres(&err);
+        assert!(!problem.detail.unwrap_or_default().contains("10.0.0.5"), "internals stay in the logs");
+    }
+
+    #[test]
+    fn other_database_failures_map_to_their_status() {
+        assert_eq!(Problem::from_postgres(&PostgresError::StatementTimeout).status, 504);
+        assert_eq!(
+            Problem::from_postgres(&PostgresError::PoolExhausted { waited: Duration::from_secs(5) }).status,
+            503
+        );
+        assert_eq!(Problem::from_postgres(&PostgresError::NotFound).status, 500);
+    }
 }
