@@ -108,13 +108,7 @@ impl PostgresClient {
 
     /// Runs a statement that returns no rows; returns the number of rows affected.
     pub async fn exec(&self, statement: Statement) -> Result<u64, PostgresError> {
-        let span = self.inner.meta.span(&statement);
-        let (sql, operation) = (statement.sql, statement.operation());
-        let work = async {
-            let mut conn = self.acquire().await?;
-            query::exec(&mut conn, statement).await
-        };
-        query::observe(&self.inner.meta, sql, operation, span, work, |n| *n).await
+        self.run(statement, |conn, st| Box::pin(query::exec(conn, st)), |n| *n).await
     }
 
     /// Runs a query and decodes every row.
