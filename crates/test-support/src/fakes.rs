@@ -20,19 +20,30 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/stack up installs it)");
-        let server = RedisServer { port, child };
+        let server = RedisServer { port, child: spawn_redis(port) };
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the server again on the same port after [`RedisServer::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_redis(self.port);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while server.command::<String>(&mut redis::cmd("PING")).is_err() {
-            assert!(Instant::now() < deadline, "private redis-server did not start on port {port}");
+        while self.command::<String>(&mut redis::cmd("PING")).is_err() {
+            assert!(Instant::now() < deadline, "private redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+
+    /// Client connections the server has open (CLIENT LIST), excluding the one asking.
+    pub fn clients(&self) -> usize {
+        let list: String = self.command(redis::cmd("CLIENT").arg("LIST")).expect("CLIENT LIST");
+        list.lines().count().saturating_sub(1)
     }
 
     pub fn addr(&self) -> String {
@@ -67,6 +78,15 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (scripts/stack up installs it)")
 }
 
 /// A TCP server that accepts connections and never answers: a dependency that hangs.

@@ -87,7 +87,9 @@ impl PostgresClient {
             meta,
             metrics: PoolMetrics::new(config.max_open_conns),
         };
-        Ok(PostgresClient { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        spawn_idle_trimmer(Arc::downgrade(&inner), config.max_idle_conns as usize);
+        Ok(PostgresClient { inner })
     }
 
     /// The underlying sqlx pool, for what this API does not cover (e.g. streaming). Calls through it bypass
@@ -389,6 +391,30 @@ impl RetryPolicy {
             .with_jitter()
             .build()
     }
+}
+
+/// How often idle connections beyond POSTGRES_MAX_IDLE_CONNS are looked for.
+const IDLE_TRIM_PERIOD: Duration = Duration::from_secs(1);
+
+/// The `after_release` check can let one connection too many stay idle when several are released at the same
+/// instant (each sees the queue before the others join it). This task closes such extras, so the cap holds
+/// within a second. It ends when the client is dropped.
+fn spawn_idle_trimmer(inner: std::sync::Weak<Inner>, idle_cap: usize) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDLE_TRIM_PERIOD).await;
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.pool.is_closed() {
+                return;
+            }
+            while inner.pool.num_idle() > idle_cap {
+                match inner.pool.try_acquire() {
+                    Some(mut conn) => conn.close_on_drop(),
+                    None => break,
+                }
+            }
+        }
+    });
 }
 
 fn pool_options(config: &PostgresConfig, pool_slot: Arc<Mutex<Option<PgPool>>>) -> PgPoolOptions {

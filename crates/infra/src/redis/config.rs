@@ -5,6 +5,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::{Origin, Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
+use crate::resilience::BreakerConfig;
 
 /// Redis settings, named as in the specification. Bare numbers: seconds for timeouts, minutes for the
 /// connection age and idle time.
@@ -34,6 +35,12 @@ pub struct RedisConfig {
     pub pool_timeout: Duration,
     /// `REDIS_IDLE_TIMEOUT`: idle connections are closed after this (zero: never).
     pub idle_timeout: Duration,
+    /// `REDIS_USERNAME`: ACL user (empty: the default user).
+    pub username: String,
+    /// `REDIS_TLS`: connect with TLS even when REDIS_ADDR is a plain `host:port`.
+    pub tls: bool,
+    /// `REDIS_BREAKER_*`: when to stop calling Redis, and how to recover.
+    pub breaker: BreakerConfig,
 }
 
 impl RedisConfig {
@@ -67,12 +74,28 @@ impl RedisConfig {
             max_conn_age: r.duration("REDIS_MAX_CONN_AGE", secs(30 * 60), Unit::Minutes, true),
             pool_timeout: r.duration("REDIS_POOL_TIMEOUT", secs(4), Unit::Seconds, false),
             idle_timeout: r.duration("REDIS_IDLE_TIMEOUT", secs(5 * 60), Unit::Minutes, true),
+            username: r.parsed("REDIS_USERNAME", Sensitivity::Plain, String::new(), |raw| Ok(raw.trim().to_string())),
+            tls: r.bool("REDIS_TLS", false),
+            breaker: read_breaker(r),
         }
     }
 
     /// The address with any password masked, safe to log.
     pub fn redacted_addr(&self) -> String {
         redact_url(&self.addr)
+    }
+}
+
+fn read_breaker(r: &mut Reader<'_>) -> BreakerConfig {
+    let defaults = BreakerConfig::default();
+    let rate_percent: u32 = r.int("REDIS_BREAKER_FAILURE_RATE", 50, 0, 100);
+    BreakerConfig {
+        consecutive_failures: r.int("REDIS_BREAKER_FAILURES", defaults.consecutive_failures, 0, 1000),
+        failure_rate: f64::from(rate_percent) / 100.0,
+        window: r.int("REDIS_BREAKER_WINDOW", defaults.window, 1, 10_000),
+        min_calls: r.int("REDIS_BREAKER_MIN_CALLS", defaults.min_calls, 1, 10_000),
+        open_for: r.duration("REDIS_BREAKER_COOLDOWN", defaults.open_for, Unit::Seconds, false),
+        half_open_probes: r.int("REDIS_BREAKER_PROBES", defaults.half_open_probes, 1, 1000),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Redis health: PING through the pool.
+//! Redis health: PING through the pool (and so through the breaker).
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -6,14 +6,14 @@ use serde_json::json;
 use super::RedisClient;
 use crate::health::{CheckFailure, Details, HealthCheck};
 
-/// Checks that a pooled connection answers PING.
+/// Checks that Redis answers PING; details show the pool and the breaker.
 #[derive(Debug)]
 pub struct RedisHealth {
     client: RedisClient,
 }
 
 impl RedisHealth {
-    /// A check over `client`'s pool.
+    /// A check over `client`.
     pub fn new(client: RedisClient) -> Self {
         RedisHealth { client }
     }
@@ -26,17 +26,13 @@ impl HealthCheck for RedisHealth {
     }
 
     async fn check(&self) -> Result<Details, CheckFailure> {
-        let failure = |err: &dyn std::fmt::Display| CheckFailure::new(format!("{}: {err}", self.client.addr()));
-        let mut conn = self.client.connection().await.map_err(|e| failure(&e))?;
-        let pong: String = redis::cmd("PING").query_async(&mut *conn).await.map_err(|e| failure(&e))?;
-        if pong != "PONG" {
-            return Err(CheckFailure::new(format!("PING answered {pong:?}")));
-        }
+        self.client.ping().await.map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.addr())))?;
         let (connections, idle) = self.client.pool_state();
         let mut details = Details::new();
         details.insert("addr".into(), json!(self.client.addr()));
         details.insert("pool_connections".into(), json!(connections));
         details.insert("pool_idle".into(), json!(idle));
+        details.insert("breaker".into(), json!(self.client.breaker().state()));
         Ok(details)
     }
 }

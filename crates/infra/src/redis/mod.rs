@@ -1,9 +1,13 @@
-//! Redis: configuration, connection pool and health check.
+//! Redis: configuration, a pool honouring every setting, traced commands with retries and a circuit breaker,
+//! metrics and a health check.
 
 mod client;
 mod config;
+mod error;
 mod health;
+pub mod metrics;
 
-pub use client::{RedisClient, RedisConnector, RedisError};
+pub use client::{PooledRedis, RedisClient, RedisConnector};
 pub use config::RedisConfig;
+pub use error::RedisError;
 pub use health::RedisHealth;

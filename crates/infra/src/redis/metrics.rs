@@ -1,0 +1,46 @@
+//! Metrics of the Redis layer (names documented in docs/metrics.md).
+
+use std::time::Duration;
+
+use metrics::{Gauge, counter, gauge, histogram};
+
+use crate::resilience::BreakerState;
+
+/// Metric names.
+pub mod names {
+    /// Histogram: command duration (retries included) by `command` and `outcome`, seconds.
+    pub const COMMAND_DURATION: &str = "redis_command_duration_seconds";
+    /// Counter: failed commands by `kind` (`unavailable`, `circuit_open`, `command`, `conversion`).
+    pub const ERRORS: &str = "redis_errors_total";
+    /// Counter: retries of idempotent commands by `command`.
+    pub const RETRIES: &str = "redis_retries_total";
+    /// Gauge: circuit breaker state (0 closed, 1 half-open, 2 open).
+    pub const BREAKER_STATE: &str = "redis_breaker_state";
+}
+
+#[derive(Clone)]
+pub(crate) struct RedisMetrics {
+    breaker: Gauge,
+}
+
+impl RedisMetrics {
+    pub(crate) fn new() -> Self {
+        RedisMetrics { breaker: gauge!(names::BREAKER_STATE) }
+    }
+
+    pub(crate) fn done(&self, command: &'static str, elapsed: Duration, error: Option<&'static str>) {
+        let outcome = if error.is_some() { "error" } else { "ok" };
+        histogram!(names::COMMAND_DURATION, "command" => command, "outcome" => outcome).record(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            counter!(names::ERRORS, "kind" => kind).increment(1);
+        }
+    }
+
+    pub(crate) fn retried(&self, command: &'static str) {
+        counter!(names::RETRIES, "command" => command).increment(1);
+    }
+
+    pub(crate) fn breaker(&self, state: BreakerState) {
+        self.breaker.set(state.as_gauge());
+    }
+}

@@ -1,0 +1,143 @@
+//! The Redis layer against real servers: the shared stack (a key prefix per test) and private redis-servers
+//! for tests that kill connections or stop the server.
+
+use std::time::{Duration, Instant};
+
+use infra::config::{Config, Sources};
+use infra::redis::{RedisClient, RedisError};
+use test_support::fakes::RedisServer;
+use test_support::unique;
+
+fn client(addr: &str, overrides: &[(&str, &str)]) -> RedisClient {
+    let mut env = vec![("REDIS_ADDR", addr)];
+    env.extend_from_slice(overrides);
+    let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid configuration").redis;
+    RedisClient::connect_lazy(&config).expect("client")
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+#[tokio::test]
+async fn operations_against_the_shared_server() {
+    let redis = client("127.0.0.1:6379", &[]);
+    let prefix = unique("redis_ops");
+    let (a, b, missing) = (format!("{prefix}:a"), format!("{prefix}:b"), format!("{prefix}:missing"));
+
+    assert_eq!(
+        redis.get_with_tracing::<String>(&missing).await.expect("GET"),
+        None,
+        "missing key is None, not an error"
+    );
+    redis.set_with_tracing(&a, "one", Duration::from_secs(60)).await.expect("SET");
+    redis.set_with_tracing(&b, 2, Duration::ZERO).await.expect("SET");
+    assert_eq!(redis.get_with_tracing::<String>(&a).await.expect("GET"), Some("one".into()));
+    assert_eq!(
+        redis.mget::<String>(&[&a, &missing, &b]).await.expect("MGET"),
+        [Some("one".into()), None, Some("2".into())]
+    );
+    assert_eq!(redis.incr(&b, 5).await.expect("INCRBY"), 7);
+    assert!(redis.expire(&b, Duration::from_secs(30)).await.expect("PEXPIRE"));
+    assert!(!redis.expire(&missing, Duration::from_secs(30)).await.expect("PEXPIRE"));
+
+    let user = User { id: 123, name: "Ada".into() };
+    let key = format!("{prefix}:user:123");
+    redis.set_json(&key, &user, Duration::from_secs(60)).await.expect("set json");
+    assert_eq!(redis.get_json::<User>(&key).await.expect("get json"), Some(user));
+    let wrong = redis.get_json::<User>(&a).await.expect_err("not JSON");
+    assert!(matches!(wrong, RedisError::Conversion(_)), "{wrong:?}");
+
+    assert_eq!(redis.del_with_tracing(&[&a, &b, &key, &missing]).await.expect("DEL"), 3);
+    let wrong_type =
+        redis.incr(&format!("{prefix}:none"), 1).await.and(redis.set_with_tracing(&a, "x", Duration::ZERO).await);
+    assert!(wrong_type.is_ok());
+    let err = redis.incr(&a, 1).await.expect_err("not an integer");
+    assert!(matches!(err, RedisError::Command { command: "INCRBY", .. }), "{err:?}");
+    redis.del_with_tracing(&[&a, &format!("{prefix}:none")]).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn ttl_is_honoured() {
+    let redis = client("127.0.0.1:6379", &[]);
+    let key = unique("redis_ttl");
+    redis.set_with_tracing(&key, "short-lived", Duration::from_millis(150)).await.expect("SET");
+    assert!(redis.get_with_tracing::<String>(&key).await.expect("GET").is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.get_with_tracing::<String>(&key).await.expect("GET"), None, "expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_never_opens_more_connections_than_its_size() {
+    let server = RedisServer::start();
+    let redis = client(&server.addr(), &[("REDIS_POOL_SIZE", "3"), ("REDIS_MIN_IDLE_CONNS", "0")]);
+    let mut peak = 0;
+    for _ in 0..5 {
+        let commands: Vec<_> = (0..50)
+            .map(|i| {
+                let redis = redis.clone();
+                tokio::spawn(async move { redis.set_with_tracing(&format!("k{i}"), i, Duration::ZERO).await })
+            })
+            .collect();
+        peak = peak.max(server.clients());
+        for command in commands {
+            command.await.expect("task").expect("SET");
+        }
+        peak = peak.max(server.clients());
+    }
+    assert!((1..=3).contains(&peak), "saw {peak} client connections with REDIS_POOL_SIZE=3");
+}
+
+#[tokio::test]
+async fn killed_connections_are_replaced_and_idempotent_commands_retried() {
+    let server = RedisServer::start();
+    let redis = client(&server.addr(), &[("REDIS_MIN_IDLE_CONNS", "0")]);
+    redis.set_with_tracing("k", "v", Duration::ZERO).await.expect("SET");
+    let kill =
+        || server.command::<u64>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes"));
+
+    kill().expect("CLIENT KILL");
+    assert_eq!(
+        redis.get_with_tracing::<String>("k").await.expect("GET retried on a fresh connection"),
+        Some("v".into())
+    );
+
+    kill().expect("CLIENT KILL");
+    let err = redis.incr("counter", 1).await.expect_err("INCRBY is not retried");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(redis.incr("counter", 1).await.expect("the next INCRBY uses a new connection"), 1, "counted once");
+}
+
+#[tokio::test]
+async fn with_redis_stopped_the_breaker_opens_fails_fast_and_closes_when_it_returns() {
+    let mut server = RedisServer::start();
+    let redis = client(
+        &server.addr(),
+        &[
+            ("REDIS_BREAKER_FAILURES", "3"),
+            ("REDIS_BREAKER_COOLDOWN", "300ms"),
+            ("REDIS_MAX_RETRIES", "0"),
+            ("REDIS_MIN_IDLE_CONNS", "0"),
+        ],
+    );
+    redis.ping().await.expect("up");
+    server.kill();
+    for _ in 0..3 {
+        let err = redis.ping().await.expect_err("down");
+        assert!(matches!(err, RedisError::Unavailable { .. }), "{err:?}");
+    }
+    let started = Instant::now();
+    let err = redis.ping().await.expect_err("breaker open");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, RedisError::CircuitOpen { .. }), "{err:?}");
+    // A correctness bound (no network wait), far above the microseconds it takes.
+    assert!(elapsed < Duration::from_millis(50), "refused without touching the network: {elapsed:?}");
+    assert_eq!(redis.breaker().state(), infra::resilience::BreakerState::Open);
+
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    redis.ping().await.expect("the half-open probe succeeds");
+    assert_eq!(redis.breaker().state(), infra::resilience::BreakerState::Closed);
+}
