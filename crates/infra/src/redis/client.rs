@@ -18,7 +18,7 @@ use crate::resilience::CircuitBreaker;
 
 /// A pooled connection that remembers whether a command saw it fail at the connection level, so the pool
 /// discards it instead of handing it out again (redis-rs cannot tell on its own: see redis-rs #1415).
-pub struct PooledRedis {
+pub(crate) struct PooledRedis {
     conn: MultiplexedConnection,
     broken: bool,
 }
@@ -26,7 +26,7 @@ pub struct PooledRedis {
 /// Opens multiplexed connections with the configured dial and response timeouts; redis-rs' own bb8 support
 /// uses fixed defaults instead, which would ignore REDIS_DIAL_TIMEOUT and REDIS_READ/WRITE_TIMEOUT.
 #[derive(Clone)]
-pub struct RedisConnector {
+pub(crate) struct RedisConnector {
     client: Client,
     connection: AsyncConnectionConfig,
 }

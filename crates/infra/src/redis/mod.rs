@@ -7,7 +7,7 @@ mod error;
 mod health;
 pub mod metrics;
 
-pub use client::{PooledRedis, RedisClient, RedisConnector};
+pub use client::RedisClient;
 pub use config::RedisConfig;
 pub use error::RedisError;
 pub use health::RedisHealth;
