@@ -15,7 +15,7 @@ fn client(addr: &str, overrides: &[(&str, &str)]) -> RedisClient {
     RedisClient::connect_lazy(&config).expect("client")
 }
 
-#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct User {
     id: u64,
     name: String,
@@ -140,4 +140,57 @@ async fn with_redis_stopped_the_breaker_opens_fails_fast_and_closes_when_it_retu
     tokio::time::sleep(Duration::from_millis(350)).await;
     redis.ping().await.expect("the half-open probe succeeds");
     assert_eq!(redis.breaker().state(), infra::resilience::BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_key_call_the_loader_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cache = infra::redis::Cache::new(client("127.0.0.1:6379", &[]));
+    let key = unique("cache_single_flight");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let lookups: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, key, loads) = (cache.clone(), key.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&key, Duration::from_secs(60), || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await; // a slow database
+                        Ok::<_, std::io::Error>(User { id: 7, name: "Grace".into() })
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for lookup in lookups {
+        assert_eq!(lookup.await.expect("task").expect("value"), User { id: 7, name: "Grace".into() });
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one loader call for 100 concurrent misses");
+
+    let hit: User = cache
+        .get_or_load(&key, Duration::from_secs(60), || async { Err::<User, _>(std::io::Error::other("must not load")) })
+        .await
+        .expect("served from Redis");
+    assert_eq!(hit.id, 7);
+    client("127.0.0.1:6379", &[]).del_with_tracing(&[&key]).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn with_redis_unavailable_the_cache_degrades_to_the_loader() {
+    let closed = format!("127.0.0.1:{}", test_support::free_port());
+    let cache = infra::redis::Cache::new(client(&closed, &[("REDIS_MAX_RETRIES", "0")]));
+    for n in 0..3 {
+        let value = cache
+            .get_or_load("user:1", Duration::from_secs(60), || async move { Ok::<_, std::io::Error>(n) })
+            .await
+            .expect("the loader's value, Redis or not");
+        assert_eq!(value, n, "loaded each time: nothing can be cached");
+    }
+    let err = cache
+        .get_or_load("user:1", Duration::from_secs(60), || async { Err::<u32, _>(std::io::Error::other("db down")) })
+        .await
+        .expect_err("the loader's own error comes back");
+    assert_eq!(err.to_string(), "db down");
 }

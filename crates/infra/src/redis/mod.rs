@@ -1,12 +1,14 @@
 //! Redis: configuration, a pool honouring every setting, traced commands with retries and a circuit breaker,
-//! metrics and a health check.
+//! cache-aside with single-flight, metrics and a health check.
 
+mod cache;
 mod client;
 mod config;
 mod error;
 mod health;
 pub mod metrics;
 
+pub use cache::{Cache, names as cache_metric_names};
 pub use client::RedisClient;
 pub use config::RedisConfig;
 pub use error::RedisError;
