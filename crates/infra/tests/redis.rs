@@ -194,3 +194,68 @@ async fn with_redis_unavailable_the_cache_degrades_to_the_loader() {
         .expect_err("the loader's own error comes back");
     assert_eq!(err.to_string(), "db down");
 }
+
+#[tokio::test]
+async fn sessions_slide_expire_and_never_show_their_id() {
+    use infra::redis::SessionStore;
+    let logs = test_support::CapturedLogs::default();
+    let _guard = logs.install();
+    let store = SessionStore::new(client("127.0.0.1:6379", &[]), unique("session"), Duration::from_millis(600));
+    let id = store.create(&User { id: 1, name: "Ada".into() }).await.expect("create");
+    assert_eq!(store.load::<User>(&id).await.expect("load"), Some(User { id: 1, name: "Ada".into() }));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.touch(&id).await.expect("touch"), "still alive, TTL restarted");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.load::<User>(&id).await.expect("load").is_some(), "alive 800 ms after creation thanks to touch");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(store.load::<User>(&id).await.expect("load"), None, "expired");
+    assert!(!store.touch(&id).await.expect("touch"), "an expired session cannot be revived");
+
+    let other = store.create(&User { id: 2, name: "Bob".into() }).await.expect("create");
+    assert!(store.delete(&other).await.expect("delete"));
+    assert_eq!(store.load::<User>(&other).await.expect("load"), None);
+
+    let captured = logs.text();
+    assert!(captured.contains("\"db.system\":\"redis\""), "commands were traced:\n{captured}");
+    for secret in [id.expose(), other.expose()] {
+        assert!(!captured.contains(secret), "a session id reached the logs or spans");
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limiter_admits_the_burst_then_the_steady_rate_across_instances() {
+    use infra::redis::{Limit, RateLimiter, WhenUnavailable};
+    let prefix = unique("ratelimit");
+    let limiters = [
+        RateLimiter::new(client("127.0.0.1:6379", &[]), prefix.clone(), WhenUnavailable::Allow),
+        RateLimiter::new(client("127.0.0.1:6379", &[]), prefix.clone(), WhenUnavailable::Allow),
+    ];
+    let limit = Limit { rate: 10, period: Duration::from_secs(1), burst: 5 };
+    for n in 0..5u32 {
+        let decision = limiters[n as usize % 2].check("client-1", limit).await;
+        assert!(decision.allowed, "request {n} is within the burst");
+        assert_eq!(decision.remaining, 4 - n);
+        assert_eq!(decision.limit, 5);
+    }
+    let limited = limiters[1].check("client-1", limit).await;
+    assert!(!limited.allowed, "the burst is spent, whichever instance asks");
+    assert!(limited.retry_after > Duration::ZERO && limited.retry_after <= Duration::from_millis(100), "{limited:?}");
+    assert!(limited.reset > Duration::from_millis(300), "{limited:?}");
+    assert!(limiters[0].check("client-2", limit).await.allowed, "keys are independent");
+
+    tokio::time::sleep(limited.retry_after + Duration::from_millis(10)).await;
+    assert!(limiters[0].check("client-1", limit).await.allowed, "one more after one interval: the steady rate");
+    assert!(!limiters[1].check("client-1", limit).await.allowed, "and not two");
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_fails_open_or_closed_as_configured() {
+    use infra::redis::{Limit, RateLimiter, WhenUnavailable};
+    let closed = format!("127.0.0.1:{}", test_support::free_port());
+    let limit = Limit { rate: 1, period: Duration::from_secs(1), burst: 1 };
+    let open = RateLimiter::new(client(&closed, &[]), "rl", WhenUnavailable::Allow).check("k", limit).await;
+    assert!(open.allowed);
+    let shut = RateLimiter::new(client(&closed, &[]), "rl", WhenUnavailable::Deny).check("k", limit).await;
+    assert!(!shut.allowed && shut.retry_after > Duration::ZERO, "{shut:?}");
+}

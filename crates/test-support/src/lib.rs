@@ -35,6 +35,8 @@ impl CapturedLogs {
             .with_max_level(tracing::Level::TRACE)
             .with_current_span(true)
             .with_span_list(true)
+            // A line per closed span, with its fields: everything spans record is captured too.
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_default(subscriber)

@@ -226,6 +226,14 @@ impl RedisClient {
         }
     }
 
+    /// Runs a script command (`EVAL`/`EVALSHA`) on `key`. Never retried: a script may not be idempotent.
+    pub(crate) async fn script<T>(&self, name: &'static str, key: &str, cmd: Cmd) -> Result<T, RedisError>
+    where
+        T: FromRedisValue + Send,
+    {
+        self.run(name, Some(key), Idempotent::No, cmd).await
+    }
+
     /// `PING`.
     pub async fn ping(&self) -> Result<(), RedisError> {
         let pong: String = self.run("PING", None, Idempotent::Yes, redis::cmd("PING")).await?;

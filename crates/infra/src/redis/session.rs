@@ -1,0 +1,102 @@
+//! Server-side sessions in Redis: 256-bit random ids, a TTL that slides on use, values as JSON.
+//!
+//! The id is the bearer secret (it goes in the cookie). It is never logged, traced or stored as-is: the Redis
+//! key is the SHA-256 of the id, so neither command spans (which record keys) nor a Redis dump reveal a usable id.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::{RedisClient, RedisError};
+
+/// A session id: 32 random bytes as 64 hex characters. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A fresh id from the operating system's CSPRNG.
+    fn generate() -> Result<Self, RedisError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|err| RedisError::Conversion(format!("no randomness: {err}")))?;
+        Ok(SessionId(hex::encode(bytes)))
+    }
+
+    /// Parses an id received from a client (a cookie); `None` unless it has the exact shape of an id, so junk
+    /// never reaches Redis.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| SessionId(raw.to_string()))
+    }
+
+    /// The id itself, for the cookie. The only way to read it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(***)")
+    }
+}
+
+/// Sessions stored under `{prefix}:{sha256(id)}` with a sliding TTL.
+#[derive(Clone, Debug)]
+pub struct SessionStore {
+    redis: RedisClient,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl SessionStore {
+    /// A store whose sessions expire `ttl` after their last use.
+    pub fn new(redis: RedisClient, prefix: impl Into<String>, ttl: Duration) -> Self {
+        SessionStore { redis, prefix: prefix.into(), ttl }
+    }
+
+    /// Creates a session holding `data`; returns its new id.
+    pub async fn create<T: Serialize>(&self, data: &T) -> Result<SessionId, RedisError> {
+        let id = SessionId::generate()?;
+        self.redis.set_json(&self.key(&id), data, self.ttl).await?;
+        Ok(id)
+    }
+
+    /// The session's data, or `None` when it does not exist or expired.
+    pub async fn load<T: DeserializeOwned>(&self, id: &SessionId) -> Result<Option<T>, RedisError> {
+        self.redis.get_json(&self.key(id)).await
+    }
+
+    /// Restarts the session's TTL (sliding expiry); `false` when it no longer exists.
+    pub async fn touch(&self, id: &SessionId) -> Result<bool, RedisError> {
+        self.redis.expire(&self.key(id), self.ttl).await
+    }
+
+    /// Ends the session; `false` when it did not exist.
+    pub async fn delete(&self, id: &SessionId) -> Result<bool, RedisError> {
+        Ok(self.redis.del_with_tracing(&[&self.key(id)]).await? > 0)
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        format!("{}:{}", self.prefix, hex::encode(Sha256::digest(id.0.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_256_bit_hex_and_never_printed() {
+        let id = SessionId::generate().expect("randomness");
+        assert_eq!(id.expose().len(), 64);
+        assert_ne!(id, SessionId::generate().expect("randomness"));
+        assert_eq!(format!("{id:?}"), "SessionId(***)");
+        assert_eq!(SessionId::parse(id.expose()), Some(id));
+        for junk in ["", "abc", &"g".repeat(64), &"A".repeat(64)] {
+            assert_eq!(SessionId::parse(junk), None, "{junk}");
+        }
+    }
+}
