@@ -41,6 +41,9 @@ pub struct RedisConfig {
     pub tls: bool,
     /// `REDIS_BREAKER_*`: when to stop calling Redis, and how to recover.
     pub breaker: BreakerConfig,
+    /// `REDIS_RATE_LIMIT_FAIL_OPEN`: when Redis is unavailable, rate limiters let requests through (true) or
+    /// refuse them (false).
+    pub rate_limit_fail_open: bool,
 }
 
 impl RedisConfig {
@@ -77,6 +80,7 @@ impl RedisConfig {
             username: r.parsed("REDIS_USERNAME", Sensitivity::Plain, String::new(), |raw| Ok(raw.trim().to_string())),
             tls: r.bool("REDIS_TLS", false),
             breaker: read_breaker(r),
+            rate_limit_fail_open: r.bool("REDIS_RATE_LIMIT_FAIL_OPEN", true),
         }
     }
 

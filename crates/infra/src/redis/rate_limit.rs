@@ -72,6 +72,13 @@ pub enum WhenUnavailable {
     Deny,
 }
 
+impl WhenUnavailable {
+    /// The policy REDIS_RATE_LIMIT_FAIL_OPEN chooses.
+    pub fn from_config(config: &super::RedisConfig) -> Self {
+        if config.rate_limit_fail_open { WhenUnavailable::Allow } else { WhenUnavailable::Deny }
+    }
+}
+
 /// A rate limiter over Redis; instances sharing a Redis and a prefix share the limits.
 #[derive(Clone, Debug)]
 pub struct RateLimiter {
