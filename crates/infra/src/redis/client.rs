@@ -310,7 +310,6 @@ impl RedisClient {
             span.record("error.type", err.metric_kind());
         }
         inner.metrics.done(name, started.elapsed(), result.as_ref().err().map(RedisError::metric_kind));
-        inner.metrics.breaker(inner.breaker.state());
         result
     }
 
@@ -361,14 +360,22 @@ impl RedisClient {
     {
         let inner = &self.inner;
         let permit = inner.breaker.acquire().map_err(|open| RedisError::CircuitOpen { retry_in: open.retry_in })?;
+        // The breaker can only change state on a failure or a half-open probe: only then is its gauge refreshed.
+        let probe = permit.is_probe();
+        let refresh = |failed: bool| {
+            if failed || probe {
+                inner.metrics.breaker(inner.breaker.state());
+            }
+        };
         let mut conn = match self.checkout().await {
             Ok(conn) => conn,
             Err(err) => {
                 permit.failure();
+                refresh(true);
                 return Err(err);
             }
         };
-        match cmd.query_async::<T>(&mut conn.conn).await {
+        let result = match cmd.query_async::<T>(&mut conn.conn).await {
             Ok(value) => {
                 permit.success();
                 Ok(value)
@@ -382,6 +389,8 @@ impl RedisClient {
                 permit.success();
                 Err(RedisError::from_redis(name, &err))
             }
-        }
+        };
+        refresh(result.is_err());
+        result
     }
 }
