@@ -7,6 +7,7 @@
 pub mod config;
 pub mod health;
 pub mod kafka;
+mod outcome_histograms;
 pub mod postgres;
 pub mod redis;
 pub mod resilience;

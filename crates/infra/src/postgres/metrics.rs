@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use crate::outcome_histograms::OutcomeHistograms;
+
 /// Metric names, documented in docs/metrics.md.
 pub mod names {
     /// Gauge: pool connections by `state` (`idle`, `in_use`).
@@ -60,42 +62,21 @@ impl PoolMetrics {
     }
 }
 
-/// Statement-duration histograms for every (operation, outcome), registered once per client so recording a
-/// statement is one atomic operation, not a registry look-up.
-#[derive(Clone)]
+/// Statement durations by (operation, outcome) and errors by class.
+#[derive(Clone, Debug)]
 pub(crate) struct StatementMetrics {
-    durations: std::sync::Arc<[(&'static str, Histogram, Histogram)]>,
-}
-
-impl std::fmt::Debug for StatementMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatementMetrics").finish_non_exhaustive()
-    }
+    durations: OutcomeHistograms,
 }
 
 impl StatementMetrics {
     pub(crate) fn new() -> Self {
-        let durations = crate::postgres::statement::OPERATIONS
-            .iter()
-            .map(|&op| {
-                let ok = histogram!(names::QUERY_DURATION, "operation" => op, "outcome" => "ok");
-                let error = histogram!(names::QUERY_DURATION, "operation" => op, "outcome" => "error");
-                (op, ok, error)
-            })
-            .collect();
-        StatementMetrics { durations }
+        let operations = &crate::postgres::statement::OPERATIONS;
+        StatementMetrics { durations: OutcomeHistograms::new(names::QUERY_DURATION, "operation", operations) }
     }
 
     /// Records one statement's duration and, on failure, its error class.
     pub(crate) fn done(&self, operation: &'static str, elapsed: Duration, error_class: Option<&'static str>) {
-        let seconds = elapsed.as_secs_f64();
-        match self.durations.iter().find(|(op, _, _)| *op == operation) {
-            Some((_, ok, error)) => if error_class.is_some() { error } else { ok }.record(seconds),
-            None => {
-                let outcome = if error_class.is_some() { "error" } else { "ok" };
-                histogram!(names::QUERY_DURATION, "operation" => operation, "outcome" => outcome).record(seconds);
-            }
-        }
+        self.durations.record(operation, elapsed, error_class.is_some());
         if let Some(class) = error_class {
             counter!(names::ERRORS, "class" => class).increment(1);
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use metrics::{Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Gauge, counter, gauge};
+
+use crate::outcome_histograms::OutcomeHistograms;
 
 use crate::resilience::BreakerState;
 
@@ -21,35 +23,20 @@ pub mod names {
 /// The commands this client sends: the `command` label's whole range.
 pub(crate) const COMMANDS: [&str; 8] = ["GET", "SET", "DEL", "MGET", "INCRBY", "PEXPIRE", "PING", "EVAL gcra"];
 
-/// Handles registered once per client, so recording a command is an atomic operation, not a registry look-up.
 #[derive(Clone)]
 pub(crate) struct RedisMetrics {
     breaker: Gauge,
-    durations: std::sync::Arc<[(&'static str, Histogram, Histogram)]>,
+    durations: OutcomeHistograms,
 }
 
 impl RedisMetrics {
     pub(crate) fn new() -> Self {
-        let durations = COMMANDS
-            .iter()
-            .map(|&command| {
-                let ok = histogram!(names::COMMAND_DURATION, "command" => command, "outcome" => "ok");
-                let error = histogram!(names::COMMAND_DURATION, "command" => command, "outcome" => "error");
-                (command, ok, error)
-            })
-            .collect();
+        let durations = OutcomeHistograms::new(names::COMMAND_DURATION, "command", &COMMANDS);
         RedisMetrics { breaker: gauge!(names::BREAKER_STATE), durations }
     }
 
     pub(crate) fn done(&self, command: &'static str, elapsed: Duration, error: Option<&'static str>) {
-        let seconds = elapsed.as_secs_f64();
-        match self.durations.iter().find(|(c, _, _)| std::ptr::eq(*c, command) || *c == command) {
-            Some((_, ok, failed)) => if error.is_some() { failed } else { ok }.record(seconds),
-            None => {
-                let outcome = if error.is_some() { "error" } else { "ok" };
-                histogram!(names::COMMAND_DURATION, "command" => command, "outcome" => outcome).record(seconds);
-            }
-        }
+        self.durations.record(command, elapsed, error.is_some());
         if let Some(kind) = error {
             counter!(names::ERRORS, "kind" => kind).increment(1);
         }
