@@ -116,7 +116,9 @@ fn main() {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let config = Config::from_sources(&Sources::from_env_pairs(&[("REDIS_ADDR", ADDR)])).expect("config").redis;
+        let pool_size = std::env::var("REDIS_POOL_SIZE").unwrap_or_else(|_| "10".into());
+        let pairs = [("REDIS_ADDR", ADDR), ("REDIS_POOL_SIZE", pool_size.as_str())];
+        let config = Config::from_sources(&Sources::from_env_pairs(&pairs)).expect("config").redis;
         let client = RedisClient::connect_lazy(&config).expect("infra client");
         let raw_client = redis::Client::open(format!("redis://{ADDR}")).expect("raw client");
         let conn = raw_client.get_multiplexed_async_connection().await.expect("raw connection");

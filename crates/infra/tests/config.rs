@@ -81,6 +81,7 @@ fn every_variable_is_listed_in_the_effective_configuration() {
         "POSTGRES_CONN_MAX_LIFETIME",
         "POSTGRES_CONN_MAX_IDLE_TIME",
         "REDIS_ADDR",
+        "REDIS_MODE",
         "REDIS_PASSWORD",
         "REDIS_DB",
         "REDIS_MAX_RETRIES",
@@ -345,4 +346,24 @@ fn the_configuration_reference_documents_every_variable() {
         let row = format!("| `{}` |", entry.name);
         assert!(reference.contains(&row), "docs/configuration.md has no row for {}", entry.name);
     }
+}
+
+#[test]
+fn cluster_mode_takes_a_list_of_seed_nodes_and_only_database_zero() {
+    let config = load(&[("REDIS_MODE", "cluster"), ("REDIS_ADDR", "10.0.0.1:7000, 10.0.0.2:7000")]).expect("valid");
+    assert_eq!(config.redis.mode, infra::redis::RedisMode::Cluster);
+    assert_eq!(config.redis.nodes().collect::<Vec<_>>(), ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    assert_eq!(load(&[]).expect("defaults").redis.mode, infra::redis::RedisMode::Standalone);
+
+    let found = problems(&[("REDIS_ADDR", "redis://:hunter2@a:7000,redis://:hunter2@b:7000")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("set REDIS_MODE=cluster"), "{found:?}");
+    assert!(!found[0].contains("hunter2"), "the password is masked: {found:?}");
+    let found = problems(&[("REDIS_MODE", "cluster"), ("REDIS_DB", "2")]);
+    assert_eq!(
+        found,
+        ["REDIS_DB=\"2\" (environment): must be 0 with REDIS_MODE=cluster (a Redis Cluster has only database 0)"]
+    );
+    let found = problems(&[("REDIS_MODE", "sentinel"), ("REDIS_ADDR", "a:1,b")]);
+    assert_eq!(found.len(), 2, "a bad mode and a bad node are both reported: {found:?}");
 }

@@ -70,12 +70,14 @@ async fn ttl_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_never_opens_more_connections_than_its_size() {
+async fn the_pool_spills_over_under_load_but_never_opens_more_connections_than_its_size() {
     let server = RedisServer::start();
     let redis = client(&server.addr(), &[("REDIS_POOL_SIZE", "3"), ("REDIS_MIN_IDLE_CONNS", "0")]);
+    redis.ping().await.expect("PING");
+    assert_eq!(server.clients(), 1, "one connection carries light load");
     let mut peak = 0;
-    for _ in 0..5 {
-        let commands: Vec<_> = (0..50)
+    for _ in 0..10 {
+        let commands: Vec<_> = (0..300)
             .map(|i| {
                 let redis = redis.clone();
                 tokio::spawn(async move { redis.set_with_tracing(&format!("k{i}"), i, Duration::ZERO).await })
@@ -87,7 +89,41 @@ async fn the_pool_never_opens_more_connections_than_its_size() {
         }
         peak = peak.max(server.clients());
     }
-    assert!((1..=3).contains(&peak), "saw {peak} client connections with REDIS_POOL_SIZE=3");
+    assert!((2..=3).contains(&peak), "saw {peak} client connections with REDIS_POOL_SIZE=3 under heavy load");
+    assert!(redis.pool_state().0 <= 3);
+}
+
+#[tokio::test]
+async fn the_pool_keeps_its_minimum_open_and_closes_idle_connections_above_it() {
+    let server = RedisServer::start();
+    let _warm = client(&server.addr(), &[("REDIS_MIN_IDLE_CONNS", "2")]);
+    let two_open = test_support::eventually(Duration::from_secs(10), async || server.clients() == 2).await;
+    assert!(two_open, "REDIS_MIN_IDLE_CONNS=2 opens two connections without any command: {}", server.clients());
+
+    let other = RedisServer::start();
+    let redis = client(&other.addr(), &[("REDIS_MIN_IDLE_CONNS", "0"), ("REDIS_IDLE_TIMEOUT", "1s")]);
+    redis.ping().await.expect("PING");
+    assert_eq!(other.clients(), 1);
+    let closed = test_support::eventually(Duration::from_secs(10), async || other.clients() == 0).await;
+    assert!(closed, "the idle connection was closed after REDIS_IDLE_TIMEOUT");
+    redis.ping().await.expect("a new connection is opened on demand");
+}
+
+#[tokio::test]
+async fn connections_older_than_the_max_age_are_replaced() {
+    let server = RedisServer::start();
+    let redis = client(&server.addr(), &[("REDIS_MIN_IDLE_CONNS", "0"), ("REDIS_MAX_CONN_AGE", "1s")]);
+    redis.ping().await.expect("PING");
+    let first: String = server.command(redis::cmd("CLIENT").arg("LIST")).expect("CLIENT LIST");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    redis.ping().await.expect("PING on a fresh connection");
+    let replaced = test_support::eventually(Duration::from_secs(5), async || {
+        let now: String = server.command(redis::cmd("CLIENT").arg("LIST")).expect("CLIENT LIST");
+        let first_id = first.lines().find(|l| !l.contains("cmd=client")).and_then(|l| l.split(' ').next());
+        server.clients() == 1 && first_id.is_some_and(|id| !now.contains(&format!("{id} ")))
+    })
+    .await;
+    assert!(replaced, "the aged connection was closed and replaced");
 }
 
 #[tokio::test]

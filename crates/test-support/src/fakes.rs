@@ -81,12 +81,146 @@ impl Drop for RedisServer {
 }
 
 fn spawn_redis(port: u16) -> Child {
+    spawn_redis_with(port, &[])
+}
+
+fn spawn_redis_with(port: u16, extra: &[&str]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server on PATH (scripts/stack up installs it)")
+}
+
+/// A private Redis Cluster of three masters (no replicas) on free loopback ports, built with
+/// `redis-cli --cluster create`; killed and removed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+/// A master of a [`RedisCluster`]: its id, port and slot ranges, from CLUSTER NODES.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = TempDir::new();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let config_file = dir.0.join(format!("nodes-{port}.conf"));
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    config_file.to_str().expect("utf-8 path"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--dir",
+                    dir.0.to_str().expect("utf-8 path"),
+                ];
+                let server = RedisServer { port, child: spawn_redis_with(port, &args) };
+                server.wait_ready();
+                server
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli on PATH (scripts/stack up installs it)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// The seed list for REDIS_ADDR.
+    pub fn addr(&self) -> String {
+        self.nodes.iter().map(RedisServer::addr).collect::<Vec<_>>().join(",")
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let info: String = node.command(redis::cmd("CLUSTER").arg("INFO")).unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not become ok on port {}", node.port);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The masters and their slots.
+    pub fn masters(&self) -> Vec<ClusterNode> {
+        let nodes: String = self.nodes[0].command(redis::cmd("CLUSTER").arg("NODES")).expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .filter(|line| line.contains("master"))
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).expect("node port");
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|range| !range.starts_with('['))
+                    .map(|range| match range.split_once('-') {
+                        Some((a, b)) => (a.parse().expect("slot"), b.parse().expect("slot")),
+                        None => (range.parse().expect("slot"), range.parse().expect("slot")),
+                    })
+                    .collect();
+                ClusterNode { id: fields[0].to_string(), port, slots }
+            })
+            .collect()
+    }
+
+    fn node(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster")
+    }
+
+    /// Moves the slot of `key` (and its keys) to another master, as `redis-cli --cluster reshard` does:
+    /// IMPORTING / MIGRATING, MIGRATE, then SETSLOT NODE everywhere. Clients holding the old slot map get a
+    /// MOVED. Returns the port of the new owner.
+    pub fn move_slot_of(&self, key: &str) -> u16 {
+        let slot: u16 = self.nodes[0].command(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).expect("KEYSLOT");
+        let masters = self.masters();
+        let owner = masters.iter().find(|m| m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))).expect("owner");
+        let target = masters.iter().find(|m| m.id != owner.id).expect("another master");
+        let (from, to) = (self.node(owner.port), self.node(target.port));
+        let setslot = |node: &RedisServer, state: &str, id: &str| {
+            node.command::<()>(redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(state).arg(id)).expect("SETSLOT")
+        };
+        setslot(to, "IMPORTING", &owner.id);
+        setslot(from, "MIGRATING", &target.id);
+        let keys: Vec<String> =
+            from.command(redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1000)).expect("GETKEYSINSLOT");
+        if !keys.is_empty() {
+            from.command::<()>(
+                redis::cmd("MIGRATE").arg("127.0.0.1").arg(to.port).arg("").arg(0).arg(5000).arg("KEYS").arg(&keys),
+            )
+            .expect("MIGRATE");
+        }
+        for node in [to, from] {
+            setslot(node, "NODE", &target.id);
+        }
+        for node in self.nodes.iter().filter(|n| n.port != from.port && n.port != to.port) {
+            setslot(node, "NODE", &target.id);
+        }
+        target.port
+    }
 }
 
 /// A TCP server that accepts connections and never answers: a dependency that hangs.

@@ -213,7 +213,8 @@ impl<'a> Reader<'a> {
     /// Records a problem found by a rule that spans several variables (e.g. idle > open connections).
     pub fn cross_check(&mut self, name: &'static str, rule: String) {
         let (raw, origin) = self.raw(name);
-        let shown = raw.map(str::to_string);
+        // Masked: a URL among the variables (REDIS_ADDR, a DSN) may carry a password.
+        let shown = raw.map(super::redact_url);
         self.problem(name, shown, origin, rule);
     }
 

@@ -18,8 +18,23 @@ pub fn redact_value(raw: &str, sensitivity: Sensitivity) -> String {
 ///
 /// Works on malformed URLs too, because those are exactly the ones printed in error messages: the user-info
 /// part is located textually (between `://` and the last `@` before the path), and anything that still looks
-/// like it could carry a password (`password=` in a key/value string) is masked whole.
+/// like it could carry a password (`password=` in a key/value string) is masked whole. A comma-separated list
+/// of URLs (Redis Cluster seed nodes) has each URL masked; a comma inside a password stays part of its URL.
 pub fn redact_url(raw: &str) -> String {
+    let mut urls: Vec<String> = Vec::new();
+    for part in raw.split(',') {
+        match urls.last_mut() {
+            Some(url) if !part.contains("://") => {
+                url.push(',');
+                url.push_str(part);
+            }
+            _ => urls.push(part.to_string()),
+        }
+    }
+    urls.iter().map(|url| redact_one_url(url)).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one_url(raw: &str) -> String {
     if let Some(scheme_end) = raw.find("://") {
         let rest_start = scheme_end + 3;
         let rest = &raw[rest_start..];
@@ -54,6 +69,13 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@host:6379/0"), "redis://:***@host:6379/0");
         assert_eq!(redact_url("postgres://user@host/db"), "postgres://user@host/db");
         assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
+    }
+
+    #[test]
+    fn masks_every_url_of_a_list() {
+        assert_eq!(redact_url("redis://:a@n1:7000,redis://u:b@n2:7000"), "redis://:***@n1:7000,redis://u:***@n2:7000");
+        assert_eq!(redact_url("redis://:pa,ss@n1:7000"), "redis://:***@n1:7000");
+        assert_eq!(redact_url("n1:7000, n2:7000"), "n1:7000, n2:7000");
     }
 
     #[test]

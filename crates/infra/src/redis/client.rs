@@ -1,66 +1,33 @@
-//! The client: a bb8 pool of redis-rs multiplexed connections honouring every REDIS_* setting, commands with a
-//! span each, retries of idempotent commands on connection errors, and a circuit breaker.
+//! The client: a pool of redis-rs multiplexed connections (standalone or cluster) honouring every REDIS_*
+//! setting, commands with a span each, retries of idempotent commands on connection errors, and a circuit
+//! breaker.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, ToRedisArgs};
+use redis::cluster::ClusterClient;
+use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, ToRedisArgs};
 use secrecy::ExposeSecret;
 use tracing::field::Empty;
 
-use super::RedisConfig;
+use super::config::{RedisConfig, RedisMode};
 use super::error::{RedisError, is_connection_level};
 use super::metrics::RedisMetrics;
+use super::pool::{Connector, Pool, PoolLimits};
 use crate::resilience::CircuitBreaker;
 
-/// A pooled connection that remembers whether a command saw it fail at the connection level, so the pool
-/// discards it instead of handing it out again (redis-rs cannot tell on its own: see redis-rs #1415).
-pub(crate) struct PooledRedis {
-    conn: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
-}
-
-/// Opens multiplexed connections with the configured dial and response timeouts; redis-rs' own bb8 support
-/// uses fixed defaults instead, which would ignore REDIS_DIAL_TIMEOUT and REDIS_READ/WRITE_TIMEOUT.
-#[derive(Clone)]
-pub(crate) struct RedisConnector {
-    client: Client,
-    connection: AsyncConnectionConfig,
-}
-
-impl bb8::ManageConnection for RedisConnector {
-    type Connection = PooledRedis;
-    type Error = redis::RedisError;
-
-    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        let conn = self.client.get_multiplexed_async_connection_with_config(&self.connection).await?;
-        Ok(PooledRedis { conn, broken: Arc::new(AtomicBool::new(false)) })
-    }
-
-    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
-    }
-
-    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.broken.load(Ordering::Relaxed)
-    }
-}
-
 struct Inner {
-    pool: bb8::Pool<RedisConnector>,
-    /// For connections opened in the caller's task (see [`RedisClient::checkout`]).
-    connector: RedisConnector,
-    /// Held by the one caller opening the first connection of an empty pool.
-    first_connection: tokio::sync::Mutex<()>,
+    pool: Arc<Pool>,
+    mode: RedisMode,
     addr: String,
+    /// For spans: the server's host and port; in cluster mode the seed list and no port.
     host: String,
-    port: u16,
+    port: Option<u16>,
     db: u32,
     breaker: CircuitBreaker,
+    max_retries: u32,
     backoff: ExponentialBuilder,
     metrics: RedisMetrics,
 }
@@ -78,14 +45,6 @@ impl fmt::Debug for RedisClient {
     }
 }
 
-/// A handle on a pooled connection for one command. A multiplexed connection carries many commands at once, so
-/// the handle is a clone and the pool slot is given back at once: holding it for the command's round trip
-/// would cap the client at REDIS_POOL_SIZE commands in flight (measured: 0.3× raw redis-rs at 64 concurrent).
-struct Checkout {
-    conn: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
-}
-
 /// Whether a command may be sent again after a failure that may or may not have reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Idempotent {
@@ -94,67 +53,59 @@ enum Idempotent {
 }
 
 impl RedisClient {
-    /// Builds the pool from `config`.
+    /// Builds the client from `config`. No connection is opened here: the process starts (and reports Redis
+    /// down) even when Redis is not reachable. Called inside a Tokio runtime, it also starts the pool's
+    /// maintenance (REDIS_MIN_IDLE_CONNS, REDIS_IDLE_TIMEOUT, REDIS_MAX_CONN_AGE).
     pub fn connect_lazy(config: &RedisConfig) -> Result<Self, RedisError> {
         let addr = config.redacted_addr();
         let invalid =
             |err: redis::RedisError| RedisError::InvalidAddress { addr: addr.clone(), reason: err.to_string() };
-        let url = match (config.addr.contains("://"), config.tls) {
-            (true, _) => config.addr.clone(),
-            (false, true) => format!("rediss://{}", config.addr),
-            (false, false) => format!("redis://{}", config.addr),
-        };
-        let info = url.as_str().into_connection_info().map_err(invalid)?;
-        let (host, port) = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                (host.clone(), *port)
-            }
-            other => (other.to_string(), 0),
-        };
-        let mut settings = info.redis_settings().clone().set_db(i64::from(config.db));
-        let password = config.password.expose_secret();
-        if !password.is_empty() {
-            settings = settings.set_password(password);
-        }
-        if !config.username.is_empty() {
-            settings = settings.set_username(&config.username);
-        }
-        let client = Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+        let nodes =
+            config.nodes().map(|node| node_info(config, node)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
         // One reply may take the time to write the command plus the time to read the answer.
         let response_timeout = config.read_timeout + config.write_timeout;
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.dial_timeout))
-            .set_response_timeout(Some(response_timeout));
+        let (connector, host, port) = match config.mode {
+            RedisMode::Standalone => {
+                let info = nodes.into_iter().next().ok_or_else(|| invalid(no_address()))?;
+                let (host, port) = host_port(&info);
+                let client = Client::open(info).map_err(invalid)?;
+                let connection = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.dial_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                (Connector::Single { client, config: connection }, host, Some(port))
+            }
+            RedisMode::Cluster => {
+                let client = ClusterClient::builder(nodes)
+                    .connection_timeout(config.dial_timeout)
+                    .response_timeout(response_timeout)
+                    .build()
+                    .map_err(invalid)?;
+                (Connector::Cluster(client), addr.clone(), None)
+            }
+        };
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
-        let pool = bb8::Pool::builder()
-            .max_size(config.pool_size)
-            .min_idle(Some(config.min_idle_conns).filter(|n| *n > 0))
-            .max_lifetime(non_zero(config.max_conn_age))
-            .idle_timeout(non_zero(config.idle_timeout))
-            .connection_timeout(config.pool_timeout)
-            // Fail fast with the real cause instead of retrying until the pool timeout: retries belong to the
-            // command layer, which knows whether a command is idempotent.
-            .retry_connection(false)
-            // A PING before every checkout would double the round trips of every command; broken connections
-            // are flagged by the command that saw them break (PooledRedis::broken) and discarded.
-            .test_on_check_out(false)
-            // Hand out the connections in turn, spreading commands over all of them.
-            .queue_strategy(bb8::QueueStrategy::Fifo)
-            .build_unchecked(RedisConnector { client: client.clone(), connection: connection.clone() });
+        let limits = PoolLimits {
+            max_size: config.pool_size as usize,
+            min_idle: config.min_idle_conns as usize,
+            max_age: non_zero(config.max_conn_age),
+            idle_timeout: non_zero(config.idle_timeout),
+            wait_timeout: config.pool_timeout,
+        };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(5))
             .with_max_delay(Duration::from_millis(200))
-            .with_max_times(config.max_retries as usize)
+            // The first retry is immediate (see `run`), the others back off.
+            .with_max_times(config.max_retries.saturating_sub(1) as usize)
             .with_jitter();
         let inner = Inner {
-            pool,
-            connector: RedisConnector { client, connection },
-            first_connection: tokio::sync::Mutex::new(()),
+            pool: Pool::new(connector, limits),
+            mode: config.mode,
             addr,
             host,
             port,
             db: config.db,
             breaker: CircuitBreaker::new("redis", config.breaker.clone()),
+            max_retries: config.max_retries,
             backoff,
             metrics: RedisMetrics::new(),
         };
@@ -253,10 +204,15 @@ impl RedisClient {
         &self.inner.breaker
     }
 
-    /// Pool statistics: (connections, idle connections).
-    pub fn pool_state(&self) -> (u32, u32) {
-        let state = self.inner.pool.state();
-        (state.connections, state.idle_connections)
+    /// Pool statistics: (open connections, connections with no command in flight). In cluster mode a pooled
+    /// connection holds one connection per node.
+    pub fn pool_state(&self) -> (usize, usize) {
+        self.inner.pool.state()
+    }
+
+    /// Standalone or cluster.
+    pub fn mode(&self) -> RedisMode {
+        self.inner.mode
     }
 
     /// The configured address, password masked.
@@ -291,67 +247,31 @@ impl RedisClient {
             error.type = Empty,
         );
         let started = Instant::now();
-        let attempt = || self.attempt::<T>(name, &cmd);
-        let result =
-            match idempotent {
-                Idempotent::No => attempt().await,
-                Idempotent::Yes => attempt
+        let notify = |err: &RedisError, delay: Duration| {
+            inner.metrics.retried(name);
+            tracing::debug!(parent: &span, command = name, error = %err, ?delay, "retrying Redis command");
+        };
+        // The first attempt runs outside the retry machinery: it is all but a few commands ever need. The first
+        // retry is immediate (a connection the server dropped is the usual cause, and the pool has already
+        // retired it); later ones back off exponentially with jitter.
+        let result = match self.attempt::<T>(name, &cmd).await {
+            Err(err) if idempotent == Idempotent::Yes && inner.max_retries > 0 && is_retryable(&err) => {
+                notify(&err, Duration::ZERO);
+                (|| self.attempt::<T>(name, &cmd))
                     .retry(inner.backoff)
                     .sleep(tokio::time::sleep)
-                    .when(|err| matches!(err, RedisError::Unavailable { .. }))
-                    .notify(|err, delay| {
-                        inner.metrics.retried(name);
-                        tracing::debug!(parent: &span, command = name, error = %err, ?delay, "retrying Redis command");
-                    })
-                    .await,
-            };
+                    .when(is_retryable)
+                    .notify(notify)
+                    .await
+            }
+            other => other,
+        };
         if let Err(err) = &result {
             span.record("otel.status_code", "ERROR");
             span.record("error.type", err.metric_kind());
         }
         inner.metrics.done(name, started.elapsed(), result.as_ref().err().map(RedisError::metric_kind));
         result
-    }
-
-    /// A connection for one command. bb8 opens missing connections in the background and, when that fails,
-    /// lets the caller wait out REDIS_POOL_TIMEOUT without the cause. So when the pool is empty (at start, or
-    /// after an outage discarded every connection) one caller at a time opens the first connection itself:
-    /// if Redis is down that fails at once, with its cause; if it is up, the connection joins the pool and
-    /// bb8 grows it from there. (A pool that still has connections can wait out the timeout when all are busy
-    /// and Redis just went down: the circuit breaker ends that quickly.)
-    async fn checkout(&self) -> Result<Checkout, RedisError> {
-        let inner = &self.inner;
-        // A connection flagged broken by a command that used it after its slot was given back is still in the
-        // pool: handing it back (dropping the guard) makes bb8 discard it, and the next round takes another.
-        // Bounded: each round removes one connection.
-        for _ in 0..=inner.pool.state().connections {
-            if inner.pool.state().connections == 0 {
-                self.open_first_connection().await?;
-            }
-            let pooled = inner
-                .pool
-                .get()
-                .await
-                .map_err(|err| RedisError::Unavailable { cause: format!("no pooled connection: {err}") })?;
-            if !pooled.broken.load(Ordering::Relaxed) {
-                return Ok(Checkout { conn: pooled.conn.clone(), broken: pooled.broken.clone() });
-            }
-        }
-        Err(RedisError::Unavailable { cause: "every pooled connection is broken".into() })
-    }
-
-    /// Opens the first connection of an empty pool in the caller's task, one caller at a time.
-    async fn open_first_connection(&self) -> Result<(), RedisError> {
-        let inner = &self.inner;
-        let _first = inner.first_connection.lock().await;
-        if inner.pool.state().connections == 0 {
-            let conn = bb8::ManageConnection::connect(&inner.connector)
-                .await
-                .map_err(|err| RedisError::Unavailable { cause: err.to_string() })?;
-            // Cannot be full: the pool was empty and only this caller opens connections outside it.
-            drop(inner.pool.add(conn));
-        }
-        Ok(())
     }
 
     async fn attempt<T>(&self, name: &'static str, cmd: &Cmd) -> Result<T, RedisError>
@@ -367,21 +287,21 @@ impl RedisClient {
                 inner.metrics.breaker(inner.breaker.state());
             }
         };
-        let mut conn = match self.checkout().await {
-            Ok(conn) => conn,
+        let mut lease = match inner.pool.get().await {
+            Ok(lease) => lease,
             Err(err) => {
                 permit.failure();
                 refresh(true);
-                return Err(err);
+                return Err(RedisError::Unavailable { cause: err.0 });
             }
         };
-        let result = match cmd.query_async::<T>(&mut conn.conn).await {
+        let result = match cmd.query_async::<T>(&mut lease.conn).await {
             Ok(value) => {
                 permit.success();
                 Ok(value)
             }
             Err(err) if is_connection_level(&err) => {
-                conn.broken.store(true, Ordering::Relaxed);
+                lease.mark_broken();
                 permit.failure();
                 Err(RedisError::from_redis(name, &err))
             }
@@ -393,4 +313,41 @@ impl RedisClient {
         refresh(result.is_err());
         result
     }
+}
+
+/// Connection settings for one node of REDIS_ADDR, with the password, user, database and TLS settings applied.
+fn node_info(config: &RedisConfig, node: &str) -> redis::RedisResult<ConnectionInfo> {
+    let url = match (node.contains("://"), config.tls) {
+        (true, _) => node.to_string(),
+        (false, true) => format!("rediss://{node}"),
+        (false, false) => format!("redis://{node}"),
+    };
+    let info = url.as_str().into_connection_info()?;
+    let mut settings = info.redis_settings().clone().set_db(i64::from(config.db));
+    let password = config.password.expose_secret();
+    if !password.is_empty() {
+        settings = settings.set_password(password);
+    }
+    if !config.username.is_empty() {
+        settings = settings.set_username(&config.username);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+fn host_port(info: &ConnectionInfo) -> (String, u16) {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            (host.clone(), *port)
+        }
+        other => (other.to_string(), 0),
+    }
+}
+
+fn no_address() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_ADDR is empty"))
+}
+
+/// Only connection-level failures are retried: an error reply would fail again.
+fn is_retryable(err: &RedisError) -> bool {
+    matches!(err, RedisError::Unavailable { .. })
 }

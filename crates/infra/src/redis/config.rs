@@ -7,12 +7,24 @@ use secrecy::SecretString;
 use crate::config::{Origin, Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
 use crate::resilience::BreakerConfig;
 
+/// How the client talks to Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (REDIS_DB selects the database).
+    Standalone,
+    /// A Redis Cluster: REDIS_ADDR lists seed nodes, the slot map is discovered, MOVED/ASK are followed.
+    Cluster,
+}
+
 /// Redis settings, named as in the specification. Bare numbers: seconds for timeouts, minutes for the
 /// connection age and idle time.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `REDIS_ADDR`: `host:port`, or a `redis://` / `rediss://` URL.
+    /// `REDIS_ADDR`: `host:port`, or a `redis://` / `rediss://` URL; in cluster mode a comma-separated list of
+    /// seed nodes.
     pub addr: String,
+    /// `REDIS_MODE`: one server (`standalone`) or a Redis Cluster (`cluster`).
+    pub mode: RedisMode,
     /// `REDIS_PASSWORD`: AUTH password; empty means none.
     pub password: SecretString,
     /// `REDIS_DB`: logical database number.
@@ -50,8 +62,13 @@ impl RedisConfig {
     /// Reads the Redis settings, recording problems in `r`.
     pub fn read(r: &mut Reader<'_>) -> Self {
         let addr = r.parsed("REDIS_ADDR", Sensitivity::Url, "localhost:6379".to_string(), parse_addr);
+        let mode = match r.choice("REDIS_MODE", "standalone", &["standalone", "cluster"]) {
+            "cluster" => RedisMode::Cluster,
+            _ => RedisMode::Standalone,
+        };
         let password = r.secret("REDIS_PASSWORD");
         let db = r.int("REDIS_DB", 0, 0, i64::from(u32::MAX));
+        check_mode(r, mode, &addr, db);
         let max_retries = r.int("REDIS_MAX_RETRIES", 3, 0, 100);
         let dial_timeout = r.duration("REDIS_DIAL_TIMEOUT", secs(5), Unit::Seconds, false);
         let read_timeout = r.duration("REDIS_READ_TIMEOUT", secs(3), Unit::Seconds, false);
@@ -66,6 +83,7 @@ impl RedisConfig {
         }
         RedisConfig {
             addr,
+            mode,
             password,
             db,
             max_retries,
@@ -86,7 +104,12 @@ impl RedisConfig {
 
     /// The address with any password masked, safe to log.
     pub fn redacted_addr(&self) -> String {
-        redact_url(&self.addr)
+        self.nodes().map(redact_url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The addresses in REDIS_ADDR (one in standalone mode).
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.addr.split(',').map(str::trim)
     }
 }
 
@@ -109,10 +132,22 @@ fn secs(n: u64) -> Duration {
 
 fn parse_addr(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
-    if raw.contains("://") {
-        check_url(raw, &["redis", "rediss"])?;
-    } else {
-        check_host_port(raw)?;
+    for node in raw.split(',').map(str::trim) {
+        if node.contains("://") {
+            check_url(node, &["redis", "rediss"])?;
+        } else {
+            check_host_port(node)?;
+        }
     }
     Ok(raw.to_string())
+}
+
+/// A list of seed nodes needs cluster mode, and a cluster has only database 0.
+fn check_mode(r: &mut Reader<'_>, mode: RedisMode, addr: &str, db: u32) {
+    if mode == RedisMode::Standalone && addr.contains(',') {
+        r.cross_check("REDIS_ADDR", "lists several nodes: set REDIS_MODE=cluster, or give one address".into());
+    }
+    if mode == RedisMode::Cluster && db != 0 {
+        r.cross_check("REDIS_DB", "must be 0 with REDIS_MODE=cluster (a Redis Cluster has only database 0)".into());
+    }
 }

@@ -30,6 +30,7 @@ impl HealthCheck for RedisHealth {
         let (connections, idle) = self.client.pool_state();
         let mut details = Details::new();
         details.insert("addr".into(), json!(self.client.addr()));
+        details.insert("mode".into(), json!(format!("{:?}", self.client.mode()).to_lowercase()));
         details.insert("pool_connections".into(), json!(connections));
         details.insert("pool_idle".into(), json!(idle));
         details.insert("breaker".into(), json!(self.client.breaker().state()));

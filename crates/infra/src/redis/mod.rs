@@ -7,12 +7,13 @@ mod config;
 mod error;
 mod health;
 pub mod metrics;
+mod pool;
 mod rate_limit;
 mod session;
 
 pub use cache::{Cache, names as cache_metric_names};
 pub use client::RedisClient;
-pub use config::RedisConfig;
+pub use config::{RedisConfig, RedisMode};
 pub use error::RedisError;
 pub use health::RedisHealth;
 pub use rate_limit::{DECISIONS as RATE_LIMIT_DECISIONS, Decision, Limit, RateLimiter, WhenUnavailable};
