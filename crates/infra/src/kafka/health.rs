@@ -1,11 +1,12 @@
-//! Kafka health: a metadata request for the service's topic.
+//! Kafka health: a metadata request for the service's topic, plus the consumer's group membership, assignment
+//! and lag when the service consumes.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::KafkaClient;
+use super::{ConsumerState, KafkaClient};
 use crate::health::{CheckFailure, Details, HealthCheck};
 
 /// Checks that the cluster answers a metadata request for the configured topic and that the topic exists.
@@ -14,12 +15,20 @@ pub struct KafkaHealth {
     client: KafkaClient,
     topic: String,
     timeout: Duration,
+    consumer: Option<ConsumerState>,
 }
 
 impl KafkaHealth {
     /// A check of `topic` through `client`; `timeout` bounds the metadata request itself.
     pub fn new(client: KafkaClient, topic: String, timeout: Duration) -> Self {
-        KafkaHealth { client, topic, timeout }
+        KafkaHealth { client, topic, timeout, consumer: None }
+    }
+
+    /// Also reports `consumer`'s state: member of the group or not, assigned partitions, lag. A consumer that
+    /// is not (yet) a member does not fail the check — a rebalance is normal — but shows in the details.
+    pub fn with_consumer(mut self, consumer: ConsumerState) -> Self {
+        self.consumer = Some(consumer);
+        self
     }
 }
 
@@ -39,6 +48,9 @@ impl HealthCheck for KafkaHealth {
         details.insert("brokers".into(), json!(metadata.brokers));
         details.insert("topic".into(), json!(self.topic));
         details.insert("partitions".into(), json!(metadata.partitions));
+        if let Some(consumer) = &self.consumer {
+            details.insert("consumer".into(), json!(consumer.snapshot()));
+        }
         Ok(details)
     }
 }

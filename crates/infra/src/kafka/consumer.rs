@@ -1,0 +1,372 @@
+//! The consumer: a group member that hands records to a [`Handler`] one at a time, retries failures with
+//! backoff, dead-letters what still fails, and stores a record's offset only once it is handled or
+//! dead-lettered (at-least-once). Offsets are committed every second and on shutdown.
+//!
+//! Records are handled one at a time, in order, across the assigned partitions: records with the same key
+//! (same partition) are handled in the order they were produced, and a record being retried holds back the
+//! records after it — for at most KAFKA_MAX_RETRIES backoffs, after which it goes to the dead-letter topic and
+//! consumption moves on.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use super::client::base_client_config;
+use super::metrics;
+use super::producer::KafkaProducer;
+use super::state::ConsumerState;
+use super::{KafkaConfig, headers};
+
+/// How often librdkafka reports statistics (lag, group state) and commits stored offsets.
+const STATS_AND_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest delay between two handler attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// A consumed record, detached from librdkafka.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The topic it was read from.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Milliseconds since the epoch (create or log-append time), when the broker gave one.
+    pub timestamp: Option<i64>,
+    /// The key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The value, if any (a tombstone has none).
+    pub value: Option<Vec<u8>>,
+    /// The headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
+    }
+
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}
+
+/// A handler's failure: transient ones are retried, permanent ones go straight to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    message: String,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass on a later attempt (a dependency down, a timeout).
+    pub fn transient(cause: impl fmt::Display) -> Self {
+        HandlerError { message: cause.to_string(), permanent: false }
+    }
+
+    /// A failure no retry can fix (a malformed record): dead-lettered at once.
+    pub fn permanent(cause: impl fmt::Display) -> Self {
+        HandlerError { message: cause.to_string(), permanent: true }
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The application's work on one record.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Handles `record`. `Ok` stores its offset; an error is retried or dead-lettered.
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError>;
+}
+
+/// Why consumption stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// librdkafka refused the consumer configuration or the subscription.
+    #[error("cannot start the Kafka consumer: {0}")]
+    Start(RdKafkaError),
+}
+
+/// Feeds librdkafka's statistics and rebalances into the shared [`ConsumerState`].
+struct StateContext {
+    state: ConsumerState,
+}
+
+impl ClientContext for StateContext {
+    fn stats(&self, statistics: Statistics) {
+        self.state.update_from(&statistics);
+    }
+}
+
+impl ConsumerContext for StateContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assignment) => {
+                let topic = self.state.snapshot().topic;
+                let partitions =
+                    assignment.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect();
+                self.state.assigned(partitions);
+            }
+            Rebalance::Revoke(_) => self.state.assigned(Vec::new()),
+            Rebalance::Error(err) => tracing::warn!(target: "infra::kafka", error = %err, "Kafka rebalance failed"),
+        }
+    }
+}
+
+/// A group member of KAFKA_CONSUMER_GROUP reading KAFKA_TOPIC.
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<StateContext>>,
+    dead_letters: KafkaProducer,
+    topic: String,
+    dlq_topic: String,
+    max_retries: u32,
+    backoff: ExponentialBuilder,
+    state: ConsumerState,
+}
+
+impl fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConsumer").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+/// What became of one record.
+enum Outcome {
+    /// Handled, or dead-lettered: its offset may be stored.
+    Done,
+    /// Shutdown came first: the record stays unacknowledged and is redelivered later.
+    Interrupted,
+}
+
+impl KafkaConsumer {
+    /// Subscribes to KAFKA_TOPIC; dead letters go through `dead_letters` to KAFKA_DLQ_TOPIC.
+    pub fn new(config: &KafkaConfig, dead_letters: KafkaProducer) -> Result<Self, ConsumeError> {
+        let state = ConsumerState::new(&config.topic);
+        let consumer: StreamConsumer<StateContext> = base_client_config(config)
+            .set("group.id", &config.consumer_group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", STATS_AND_COMMIT_EVERY.as_millis().to_string())
+            // Offsets are stored by hand once a record is handled: at-least-once.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+            .set("statistics.interval.ms", STATS_AND_COMMIT_EVERY.as_millis().to_string())
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(StateContext { state: state.clone() })
+            .map_err(ConsumeError::Start)?;
+        consumer.subscribe(&[&config.topic]).map_err(ConsumeError::Start)?;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.retry_backoff)
+            .with_max_delay(MAX_RETRY_DELAY)
+            .with_max_times(config.max_retries as usize)
+            .with_jitter();
+        Ok(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            dead_letters,
+            topic: config.topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            max_retries: config.max_retries,
+            backoff,
+            state,
+        })
+    }
+
+    /// Group membership, assignment and lag, for health checks.
+    pub fn state(&self) -> ConsumerState {
+        self.state.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then commits what was handled and leaves the group, within
+    /// `close_timeout`. The record in hand is finished first; one waiting for a retry is left for redelivery.
+    pub async fn consume_with_tracing(self, handler: &dyn Handler, shutdown: CancellationToken, close_timeout: Duration) {
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                message = self.consumer.recv() => message,
+            };
+            let record = match message {
+                Ok(message) => Record::from_message(&message),
+                Err(err) => {
+                    tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
+                    continue;
+                }
+            };
+            match self.process(handler, &record, &shutdown).await {
+                Outcome::Done => self.store_offset(&record),
+                Outcome::Interrupted => break,
+            }
+        }
+        self.close(close_timeout).await;
+    }
+
+    /// Handles one record: attempts with backoff, then the dead-letter topic.
+    async fn process(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Outcome {
+        let span = tracing::info_span!(
+            target: "infra::kafka",
+            "kafka.process",
+            otel.name = format!("{} process", record.topic),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %record.topic,
+            messaging.kafka.destination.partition = record.partition,
+            messaging.kafka.message.offset = record.offset,
+            messaging.consumer.group.name = Empty,
+            attempts = Empty,
+            dead_lettered = false,
+        );
+        metrics::consumed(&record.topic);
+        let started = Instant::now();
+        let outcome = self.attempts(handler, record, shutdown).instrument(span.clone()).await;
+        let (outcome, dead_lettered) = match outcome {
+            Attempts::Handled(attempts) => {
+                span.record("attempts", attempts);
+                (Outcome::Done, false)
+            }
+            Attempts::Failed { attempts, error } => {
+                span.record("attempts", attempts);
+                span.record("otel.status_code", "ERROR");
+                span.record("dead_lettered", true);
+                match self.dead_letter(record, &error, attempts, shutdown).instrument(span.clone()).await {
+                    true => (Outcome::Done, true),
+                    false => (Outcome::Interrupted, false),
+                }
+            }
+            Attempts::Interrupted => (Outcome::Interrupted, false),
+        };
+        if matches!(outcome, Outcome::Done) {
+            metrics::processed(&record.topic, started.elapsed(), dead_lettered);
+        }
+        outcome
+    }
+
+    async fn attempts(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Attempts {
+        let mut delays = self.backoff.build();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match handler.handle(record).await {
+                Ok(()) => return Attempts::Handled(attempts),
+                Err(error) => error,
+            };
+            metrics::handler_failed(&record.topic);
+            let delay = if error.is_permanent() { None } else { delays.next() };
+            let Some(delay) = delay else { return Attempts::Failed { attempts, error } };
+            tracing::warn!(
+                target: "infra::kafka",
+                topic = %record.topic, partition = record.partition, offset = record.offset,
+                attempt = attempts, max_retries = self.max_retries, error = %error, ?delay,
+                "Kafka handler failed; retrying"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => return Attempts::Interrupted,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Publishes `record` to the dead-letter topic, unchanged plus headers saying where it came from and why.
+    /// Keeps trying (with backoff) until it is stored or shutdown comes: a record is never dropped.
+    async fn dead_letter(&self, record: &Record, error: &HandlerError, attempts: u32, shutdown: &CancellationToken) -> bool {
+        let extra = headers::dead_letter_headers(record, &error.to_string(), attempts);
+        let mut all: Vec<(&str, &[u8])> = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+        all.extend(extra.iter().map(|(k, v)| (*k, v.as_bytes())));
+        let value = record.value.as_deref().unwrap_or_default();
+        let mut delays = self.backoff.clone().without_max_times().build();
+        loop {
+            match self.dead_letters.produce_with_tracing(&self.dlq_topic, record.key.as_deref(), value, &all).await {
+                Ok(_) => {
+                    tracing::error!(
+                        target: "infra::kafka",
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        dlq_topic = %self.dlq_topic, attempts, error = %error,
+                        "Kafka record dead-lettered"
+                    );
+                    return true;
+                }
+                Err(err) => {
+                    let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
+                    tracing::error!(target: "infra::kafka", dlq_topic = %self.dlq_topic, error = %err, ?delay, "cannot dead-letter a Kafka record; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn store_offset(&self, record: &Record) {
+        // librdkafka's rd_kafka_offset_store takes the handled record's offset and commits the next one.
+        if let Err(err) = self.consumer.store_offset(&record.topic, record.partition, record.offset) {
+            // Happens when the partition was revoked meanwhile: its new owner will see the record again.
+            tracing::warn!(target: "infra::kafka", topic = %record.topic, partition = record.partition, error = %err, "cannot store a Kafka offset");
+        }
+        self.state.processed(record.partition, record.offset);
+    }
+
+    /// Commits the stored offsets and leaves the group, all within `timeout`: librdkafka's close can hang
+    /// (rust-rdkafka #453), so it runs on the blocking pool and is abandoned past the deadline.
+    async fn close(self, timeout: Duration) {
+        let consumer = self.consumer;
+        let closing = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                // Nothing stored since the last commit.
+                Err(RdKafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => tracing::warn!(target: "infra::kafka", error = %err, "final Kafka offset commit failed"),
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        match tokio::time::timeout(timeout, closing).await {
+            Ok(_) => tracing::info!(target: "infra::kafka", topic = %self.topic, "Kafka consumer closed"),
+            Err(_) => tracing::warn!(target: "infra::kafka", topic = %self.topic, ?timeout, "Kafka consumer did not close in time; abandoned"),
+        }
+        self.state.left();
+    }
+}
+
+enum Attempts {
+    Handled(u32),
+    Failed { attempts: u32, error: HandlerError },
+    Interrupted,
+}

@@ -1,0 +1,174 @@
+//! The producer: idempotent, acks=all, batched and compressed as configured; every send is a span and waits
+//! for the broker's delivery report, so `Ok` means the record is stored.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::field::Empty;
+
+use super::KafkaConfig;
+use super::client::base_client_config;
+use super::metrics;
+
+/// Where a record was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The partition.
+    pub partition: i32,
+    /// The record's offset in it.
+    pub offset: i64,
+}
+
+/// Why a record was not stored. The record was not acknowledged; it may or may not have been written (a
+/// timeout after the broker wrote it): consumers must tolerate duplicates (at-least-once).
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// librdkafka refused the producer configuration.
+    #[error("invalid Kafka producer configuration: {0}")]
+    Config(RdKafkaError),
+    /// No acknowledgement within KAFKA_DELIVERY_TIMEOUT (brokers unreachable, or too slow).
+    #[error("record for {topic} not acknowledged within {timeout:?}")]
+    TimedOut {
+        /// The topic.
+        topic: String,
+        /// KAFKA_DELIVERY_TIMEOUT.
+        timeout: Duration,
+    },
+    /// The broker or the client rejected the record (unknown topic, too large, not authorized...).
+    #[error("record for {topic} rejected: {cause}")]
+    Rejected {
+        /// The topic.
+        topic: String,
+        /// librdkafka's error.
+        cause: RdKafkaError,
+    },
+    /// Outstanding records could not all be delivered before the flush deadline.
+    #[error("{pending} record(s) still unacknowledged after flushing for {timeout:?}")]
+    Unflushed {
+        /// Records still in the producer's queue.
+        pending: i32,
+        /// The deadline.
+        timeout: Duration,
+    },
+}
+
+/// A Kafka producer. Cheap to clone; clones share one librdkafka producer (thread-safe, batching across
+/// callers).
+#[derive(Clone)]
+pub struct KafkaProducer {
+    producer: Arc<FutureProducer>,
+    delivery_timeout: Duration,
+}
+
+impl fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaProducer").field("delivery_timeout", &self.delivery_timeout).finish_non_exhaustive()
+    }
+}
+
+impl KafkaProducer {
+    /// Creates the producer; librdkafka connects in the background, so this succeeds with brokers down.
+    pub fn new(config: &KafkaConfig) -> Result<Self, ProduceError> {
+        let producer = base_client_config(config)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("batch.num.messages", config.batch_size.to_string())
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("compression.codec", config.compression)
+            .set("delivery.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            .create()
+            .map_err(ProduceError::Config)?;
+        Ok(KafkaProducer { producer: Arc::new(producer), delivery_timeout: config.delivery_timeout })
+    }
+
+    /// Sends one record and waits for its delivery report. `headers` are sent as given.
+    pub async fn produce_with_tracing(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Delivered, ProduceError> {
+        let span = tracing::info_span!(
+            target: "infra::kafka",
+            "kafka.produce",
+            otel.name = format!("{topic} publish"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "publish",
+            messaging.destination.name = topic,
+            messaging.kafka.destination.partition = Empty,
+            messaging.kafka.message.offset = Empty,
+            messaging.message.body.size = value.len(),
+            error.type = Empty,
+        );
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header { key: name, value: Some(*value) });
+        }
+        let mut record = FutureRecord::to(topic).payload(value).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let started = Instant::now();
+        let result = tracing::Instrument::instrument(self.producer.send(record, self.delivery_timeout), span.clone())
+            .await
+            .map(|delivery| Delivered { partition: delivery.partition, offset: delivery.offset })
+            .map_err(|(err, _)| self.classify(topic, err));
+        match &result {
+            Ok(delivered) => {
+                span.record("messaging.kafka.destination.partition", delivered.partition);
+                span.record("messaging.kafka.message.offset", delivered.offset);
+                metrics::delivered(topic, started.elapsed());
+            }
+            Err(err) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", err.kind());
+                metrics::delivery_failed(topic, started.elapsed());
+            }
+        }
+        result
+    }
+
+    /// Waits until every outstanding record is acknowledged, at most `timeout` (shutdown).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ProduceError::Unflushed { pending: self.producer.in_flight_count(), timeout }),
+        }
+    }
+
+    /// Records sent but not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    fn classify(&self, topic: &str, err: RdKafkaError) -> ProduceError {
+        match err.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull) => {
+                ProduceError::TimedOut { topic: topic.to_string(), timeout: self.delivery_timeout }
+            }
+            _ => ProduceError::Rejected { topic: topic.to_string(), cause: err },
+        }
+    }
+}
+
+impl ProduceError {
+    /// A low-cardinality label for spans and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProduceError::Config(_) => "config",
+            ProduceError::TimedOut { .. } => "timeout",
+            ProduceError::Rejected { .. } => "rejected",
+            ProduceError::Unflushed { .. } => "unflushed",
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! What a consumer knows about itself — group membership, assigned partitions, lag per partition — shared
+//! with health checks and kept in the `kafka_consumer_lag` gauges.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rdkafka::statistics::Statistics;
+use serde::Serialize;
+
+use super::metrics;
+
+/// A point-in-time view of the consumer, for /health/kafka.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConsumerSnapshot {
+    /// The topic consumed.
+    pub topic: String,
+    /// Whether the consumer is a settled member of its group (joined, assignment received).
+    pub member: bool,
+    /// librdkafka's group state (`init`, `wait-coord`, `up`...) and join state (`steady`...).
+    pub group_state: String,
+    /// The join state.
+    pub join_state: String,
+    /// The partitions assigned to this member.
+    pub assigned_partitions: Vec<i32>,
+    /// Records not yet processed, per assigned partition.
+    pub lag: BTreeMap<i32, i64>,
+    /// The sum of `lag`.
+    pub total_lag: i64,
+    /// The consumer has left the group (shutdown).
+    pub closed: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    snapshot: ConsumerSnapshot,
+    /// The high watermark of each partition, from the latest statistics.
+    high: BTreeMap<i32, i64>,
+}
+
+/// Shared, cheap-to-clone consumer state.
+#[derive(Clone, Default)]
+pub struct ConsumerState(Arc<Mutex<Inner>>);
+
+impl ConsumerState {
+    pub(crate) fn new(topic: &str) -> Self {
+        let state = ConsumerState::default();
+        state.lock().snapshot.topic = topic.to_string();
+        state
+    }
+
+    /// The current view.
+    pub fn snapshot(&self) -> ConsumerSnapshot {
+        self.lock().snapshot.clone()
+    }
+
+    /// A new assignment (or revocation): lag is tracked for exactly these partitions.
+    pub(crate) fn assigned(&self, partitions: Vec<i32>) {
+        let mut inner = self.lock();
+        let topic = inner.snapshot.topic.clone();
+        for gone in inner.snapshot.lag.keys().filter(|p| !partitions.contains(p)) {
+            metrics::lag(&topic, *gone, 0);
+        }
+        inner.snapshot.lag.retain(|p, _| partitions.contains(p));
+        inner.high.retain(|p, _| partitions.contains(p));
+        metrics::assigned(partitions.len());
+        inner.snapshot.member = !partitions.is_empty() || inner.snapshot.join_state == "steady";
+        inner.snapshot.assigned_partitions = partitions;
+        inner.total();
+    }
+
+    /// librdkafka's periodic statistics: group state, and lag of every assigned partition from the high
+    /// watermark and the position (stored offset, else committed offset, else the start of the log).
+    pub(crate) fn update_from(&self, statistics: &Statistics) {
+        let mut inner = self.lock();
+        if let Some(group) = &statistics.cgrp {
+            inner.snapshot.group_state = group.state.clone();
+            inner.snapshot.join_state = group.join_state.clone();
+            inner.snapshot.member = group.state == "up" && group.join_state == "steady";
+        }
+        let topic = inner.snapshot.topic.clone();
+        let Some(partitions) = statistics.topics.get(&topic).map(|t| &t.partitions) else { return };
+        for id in inner.snapshot.assigned_partitions.clone() {
+            let Some(p) = partitions.get(&id) else { continue };
+            if p.hi_offset < 0 {
+                continue;
+            }
+            let position = [p.stored_offset, p.committed_offset, p.lo_offset, 0].into_iter().find(|o| *o >= 0);
+            let lag = (p.hi_offset - position.unwrap_or(0)).max(0);
+            inner.high.insert(id, p.hi_offset);
+            inner.snapshot.lag.insert(id, lag);
+            metrics::lag(&topic, id, lag);
+        }
+        inner.total();
+    }
+
+    /// A record was processed: its partition's lag drops at once instead of at the next statistics.
+    pub(crate) fn processed(&self, partition: i32, offset: i64) {
+        let mut inner = self.lock();
+        let high = inner.high.get(&partition).copied().unwrap_or(0).max(offset + 1);
+        inner.high.insert(partition, high);
+        let lag = high - (offset + 1);
+        inner.snapshot.lag.insert(partition, lag);
+        metrics::lag(&inner.snapshot.topic, partition, lag);
+        inner.total();
+    }
+
+    /// The consumer left the group.
+    pub(crate) fn left(&self) {
+        let mut inner = self.lock();
+        inner.snapshot.member = false;
+        inner.snapshot.closed = true;
+        inner.snapshot.assigned_partitions.clear();
+        metrics::assigned(0);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for ConsumerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConsumerState").field(&self.snapshot()).finish()
+    }
+}
+
+impl Inner {
+    fn total(&mut self) {
+        self.snapshot.total_lag = self.snapshot.lag.values().sum();
+    }
+}

@@ -1,0 +1,263 @@
+//! The Kafka layer against the shared broker (tansu): a topic and a group of its own per test.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use infra::config::{Config, Sources};
+use infra::kafka::{
+    Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, ProduceError, Record, headers,
+};
+use test_support::{eventually, unique};
+use tokio_util::sync::CancellationToken;
+
+const BROKER: &str = "127.0.0.1:9092";
+
+fn config(topic: &str, group: &str, overrides: &[(&str, &str)]) -> KafkaConfig {
+    let mut env = vec![
+        ("KAFKA_BROKERS", BROKER),
+        ("KAFKA_TOPIC", topic),
+        ("KAFKA_CONSUMER_GROUP", group),
+        // tansu makes a join wait half the session timeout.
+        ("KAFKA_SESSION_TIMEOUT", "6"),
+        ("KAFKA_RETRY_BACKOFF", "10ms"),
+    ];
+    env.extend_from_slice(overrides);
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid configuration").kafka
+}
+
+/// A fresh topic with `partitions` partitions and its dead-letter topic.
+async fn topic(partitions: i32, overrides: &[(&str, &str)]) -> KafkaConfig {
+    let name = unique("events");
+    let config = config(&name, &unique("group"), overrides);
+    let admin = KafkaClient::new(&config).expect("admin client");
+    admin.ensure_topic(&config.topic, partitions, Duration::from_secs(10)).await.expect("topic");
+    admin.ensure_topic(&config.dlq_topic, 1, Duration::from_secs(10)).await.expect("dead-letter topic");
+    config
+}
+
+/// Records every record it sees; fails (transiently or permanently) on the values it is told to.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<Record>>>,
+    fail_transiently: Option<&'static [u8]>,
+    fail_permanently: Option<&'static [u8]>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        self.seen.lock().expect("lock").push(record.clone());
+        match record.value.as_deref() {
+            Some(v) if Some(v) == self.fail_transiently => Err(HandlerError::transient("database unavailable")),
+            Some(v) if Some(v) == self.fail_permanently => Err(HandlerError::permanent("malformed event")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Recorder {
+    fn values(&self) -> Vec<String> {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter().map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()).collect()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+}
+
+/// Runs a consumer in the background until the returned token is cancelled.
+fn spawn_consumer(
+    config: &KafkaConfig,
+    handler: Recorder,
+) -> (CancellationToken, tokio::task::JoinHandle<()>, infra::kafka::ConsumerState) {
+    let producer = KafkaProducer::new(config).expect("producer");
+    let consumer = KafkaConsumer::new(config, producer).expect("consumer");
+    let state = consumer.state();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { consumer.consume_with_tracing(&handler, token, Duration::from_secs(10)).await });
+    (stop, task, state)
+}
+
+async fn produce(producer: &KafkaProducer, topic: &str, key: &str, value: &str) -> infra::kafka::Delivered {
+    producer
+        .produce_with_tracing(topic, Some(key.as_bytes()), value.as_bytes(), &[("source", b"test")])
+        .await
+        .expect("delivered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_delivered_in_key_order_and_committed_offsets_survive_a_restart() {
+    let config = topic(3, &[]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    let mut partitions = BTreeMap::new();
+    for n in 0..30 {
+        let key = format!("user-{}", n % 5);
+        let delivered = produce(&producer, &config.topic, &key, &format!("{key}:{n}")).await;
+        assert!(delivered.offset >= 0);
+        partitions.entry(key).or_insert(delivered.partition);
+    }
+    let recorder = Recorder::default();
+    let (stop, task, _) = spawn_consumer(&config, recorder.clone());
+    assert!(eventually(Duration::from_secs(30), async || recorder.count() >= 30).await, "got {}", recorder.count());
+    for key in partitions.keys() {
+        let ns: Vec<u32> = recorder
+            .values()
+            .iter()
+            .filter_map(|v| v.strip_prefix(&format!("{key}:")).and_then(|n| n.parse().ok()))
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{key} handled out of order: {ns:?}");
+        assert_eq!(ns.len(), 6);
+    }
+    let seen = recorder.seen.lock().expect("lock").clone();
+    assert!(seen.iter().all(|r| r.header("source") == Some(b"test".as_slice())), "headers arrive");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("closed in time").expect("task");
+
+    produce(&producer, &config.topic, "user-0", "after-restart").await;
+    let again = Recorder::default();
+    let (stop, task, state) = spawn_consumer(&config, again.clone());
+    assert!(eventually(Duration::from_secs(30), async || again.count() >= 1).await, "{:?}", state.snapshot());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(again.values(), ["after-restart"], "only the new record: the 30 handled ones were committed");
+    stop.cancel();
+    task.await.expect("task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_retried_then_dead_lettered_and_does_not_block_the_partition() {
+    let config = topic(1, &[("KAFKA_MAX_RETRIES", "2")]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    produce(&producer, &config.topic, "k", "before").await;
+    let poison = produce(&producer, &config.topic, "k", "poison").await;
+    produce(&producer, &config.topic, "k", "malformed").await;
+    produce(&producer, &config.topic, "k", "after").await;
+
+    let recorder =
+        Recorder { fail_transiently: Some(b"poison"), fail_permanently: Some(b"malformed"), ..Recorder::default() };
+    let (stop, task, _) = spawn_consumer(&config, recorder.clone());
+    assert!(eventually(Duration::from_secs(30), async || recorder.values().contains(&"after".into())).await);
+    assert_eq!(recorder.values(), ["before", "poison", "poison", "poison", "malformed", "after"]);
+    stop.cancel();
+    task.await.expect("task");
+
+    // Read the dead-letter topic back with a consumer of its own.
+    let dlq = config.dlq_topic.clone();
+    let dlq_config = self::config(&dlq, &unique("dlq-reader"), &[]);
+    let reader = Recorder::default();
+    let (stop, task, _) = spawn_consumer(&dlq_config, reader.clone());
+    assert!(eventually(Duration::from_secs(30), async || reader.count() >= 2).await);
+    stop.cancel();
+    task.await.expect("task");
+    let dead = reader.seen.lock().expect("lock").clone();
+    assert_eq!(dead.len(), 2);
+    let first = &dead[0];
+    assert_eq!((first.key.as_deref(), first.value.as_deref()), (Some(b"k".as_slice()), Some(b"poison".as_slice())));
+    assert_eq!(first.header("source"), Some(b"test".as_slice()), "original headers kept");
+    let text = |name: &str| String::from_utf8(first.header(name).expect(name).to_vec()).expect("utf-8");
+    assert_eq!(text(headers::dlq::ORIGINAL_TOPIC), config.topic);
+    assert_eq!(text(headers::dlq::ORIGINAL_PARTITION), poison.partition.to_string());
+    assert_eq!(text(headers::dlq::ORIGINAL_OFFSET), poison.offset.to_string());
+    assert_eq!(text(headers::dlq::ERROR), "database unavailable");
+    assert_eq!(text(headers::dlq::ATTEMPTS), "3", "1 attempt + KAFKA_MAX_RETRIES");
+    assert!(first.header(headers::dlq::ORIGINAL_TIMESTAMP).is_some());
+    let second = &dead[1];
+    assert_eq!(second.value.as_deref(), Some(b"malformed".as_slice()));
+    assert_eq!(second.header(headers::dlq::ATTEMPTS), Some(b"1".as_slice()), "permanent: no retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_right_for_every_assigned_partition_and_falls_as_records_are_handled() {
+    let config = topic(3, &[]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    let mut produced: BTreeMap<i32, i64> = BTreeMap::new();
+    for n in 0..24 {
+        let delivered = produce(&producer, &config.topic, &format!("key-{n}"), "x").await;
+        *produced.entry(delivered.partition).or_default() += 1;
+    }
+    assert!(produced.len() >= 2, "keys spread over several partitions: {produced:?}");
+
+    // A slow handler: statistics (every second) catch the consumer part-way through the backlog.
+    let slow = Recorder { delay: Duration::from_millis(150), ..Recorder::default() };
+    let (stop, task, state) = spawn_consumer(&config, slow.clone());
+    let mut consistent_midway = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while slow.count() < 24 && Instant::now() < deadline {
+        let snapshot = state.snapshot();
+        let handled: BTreeMap<i32, i64> = slow.seen.lock().expect("lock").iter().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.partition).or_default() += 1;
+            m
+        });
+        if snapshot.lag.len() == 3 && snapshot.total_lag > 0 {
+            // Every assigned partition has a lag; each equals produced minus handled, give or take the record in
+            // hand and one statistics interval of progress.
+            let close = (0..3).all(|p| {
+                let expected = produced.get(&p).copied().unwrap_or(0) - handled.get(&p).copied().unwrap_or(0);
+                (snapshot.lag[&p] - expected).abs() <= 8
+            });
+            assert!(close, "lag {:?} vs produced {produced:?} handled {handled:?}", snapshot.lag);
+            let lagging = snapshot.lag.values().filter(|lag| **lag > 0).count();
+            if lagging >= 2 {
+                consistent_midway += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(consistent_midway > 0, "never saw lag on several partitions at once: {:?}", state.snapshot());
+    let drained = eventually(Duration::from_secs(10), async || state.snapshot().total_lag == 0).await;
+    assert!(drained, "{:?}", state.snapshot());
+    let snapshot = state.snapshot();
+    assert_eq!(snapshot.assigned_partitions, [0, 1, 2]);
+    assert_eq!(snapshot.lag, BTreeMap::from([(0, 0), (1, 0), (2, 0)]));
+    assert!(snapshot.member);
+    stop.cancel();
+    task.await.expect("task");
+    assert!(state.snapshot().closed && !state.snapshot().member, "left the group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_record_in_hand_commits_it_and_returns_in_time() {
+    let config = topic(1, &[]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    for n in 0..5 {
+        produce(&producer, &config.topic, "k", &format!("r{n}")).await;
+    }
+    let slow = Recorder { delay: Duration::from_millis(700), ..Recorder::default() };
+    let (stop, task, _) = spawn_consumer(&config, slow.clone());
+    assert!(eventually(Duration::from_secs(30), async || slow.count() >= 1).await);
+    let handled_before_stop = slow.count();
+    stop.cancel();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stopped within the bound").expect("task");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let handled = slow.count();
+    assert!(handled <= handled_before_stop + 1, "stopped fetching: {handled} handled");
+
+    let rest = Recorder::default();
+    let (stop, task, _) = spawn_consumer(&config, rest.clone());
+    let expected: Vec<String> = (handled..5).map(|n| format!("r{n}")).collect();
+    assert!(eventually(Duration::from_secs(30), async || rest.count() >= expected.len()).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rest.values(), expected, "resumes right after the last handled record: nothing lost, nothing twice");
+    stop.cancel();
+    task.await.expect("task");
+}
+
+#[tokio::test]
+async fn a_send_to_an_unreachable_broker_fails_with_a_timeout_within_the_delivery_timeout() {
+    let closed = format!("127.0.0.1:{}", test_support::free_port());
+    let env =
+        [("KAFKA_BROKERS", closed.as_str()), ("KAFKA_DELIVERY_TIMEOUT", "1"), ("KAFKA_DIAL_TIMEOUT", "1")];
+    let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid").kafka;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    let started = Instant::now();
+    let err = producer.produce_with_tracing("events", None, b"v", &[]).await.expect_err("no broker");
+    assert!(matches!(err, ProduceError::TimedOut { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded by KAFKA_DELIVERY_TIMEOUT: {:?}", started.elapsed());
+    producer.flush(Duration::from_millis(100)).await.expect("nothing left to flush");
+}
