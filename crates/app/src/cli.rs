@@ -26,6 +26,38 @@ pub enum Command {
     Config,
     /// Apply the database migrations embedded in the binary, then exit.
     Migrate,
+    /// Inspect or replay the dead-letter topic (KAFKA_DLQ_TOPIC).
+    Dlq {
+        /// list or replay.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// `rust-app dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Count the dead-lettered records and show a sample with their error headers.
+    List {
+        /// How many records to show.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+    /// Publish dead-lettered records again to the topic they came from (key, value and original headers).
+    Replay {
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only records at or after this offset of the dead-letter topic.
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Only records at or before this offset of the dead-letter topic.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// Show what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The effective configuration as an aligned table: variable, value, source.

@@ -1,6 +1,7 @@
 //! rust-app: a service built on the `infra` crate.
 
 pub mod cli;
+pub mod dlq;
 pub mod http;
 pub mod migrations;
 pub mod shutdown;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Migrate => migrate(config),
+        Command::Dlq { action } => app::dlq::run(&config, action),
     }
 }
 

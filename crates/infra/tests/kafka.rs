@@ -80,7 +80,8 @@ fn spawn_consumer(
     let state = consumer.state();
     let stop = CancellationToken::new();
     let token = stop.clone();
-    let task = tokio::spawn(async move { consumer.consume_with_tracing(&handler, token, Duration::from_secs(10)).await });
+    let task =
+        tokio::spawn(async move { consumer.consume_with_tracing(&handler, token, Duration::from_secs(10)).await });
     (stop, task, state)
 }
 
@@ -251,8 +252,7 @@ async fn shutdown_finishes_the_record_in_hand_commits_it_and_returns_in_time() {
 #[tokio::test]
 async fn a_send_to_an_unreachable_broker_fails_with_a_timeout_within_the_delivery_timeout() {
     let closed = format!("127.0.0.1:{}", test_support::free_port());
-    let env =
-        [("KAFKA_BROKERS", closed.as_str()), ("KAFKA_DELIVERY_TIMEOUT", "1"), ("KAFKA_DIAL_TIMEOUT", "1")];
+    let env = [("KAFKA_BROKERS", closed.as_str()), ("KAFKA_DELIVERY_TIMEOUT", "1"), ("KAFKA_DIAL_TIMEOUT", "1")];
     let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid").kafka;
     let producer = KafkaProducer::new(&config).expect("producer");
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! Integration tests of the service against the real local stack (`scripts/stack up`).
 
 mod cli;
+mod dlq;
 mod health;
 mod helpers;
 mod migrations;

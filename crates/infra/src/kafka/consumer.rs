@@ -59,7 +59,7 @@ impl Record {
         self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
     }
 
-    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+    pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let headers = message
             .headers()
             .map(|headers| {
@@ -214,7 +214,12 @@ impl KafkaConsumer {
 
     /// Consumes until `shutdown` is cancelled, then commits what was handled and leaves the group, within
     /// `close_timeout`. The record in hand is finished first; one waiting for a retry is left for redelivery.
-    pub async fn consume_with_tracing(self, handler: &dyn Handler, shutdown: CancellationToken, close_timeout: Duration) {
+    pub async fn consume_with_tracing(
+        self,
+        handler: &dyn Handler,
+        shutdown: CancellationToken,
+        close_timeout: Duration,
+    ) {
         loop {
             let message = tokio::select! {
                 biased;
@@ -305,12 +310,18 @@ impl KafkaConsumer {
 
     /// Publishes `record` to the dead-letter topic, unchanged plus headers saying where it came from and why.
     /// Keeps trying (with backoff) until it is stored or shutdown comes: a record is never dropped.
-    async fn dead_letter(&self, record: &Record, error: &HandlerError, attempts: u32, shutdown: &CancellationToken) -> bool {
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        error: &HandlerError,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let extra = headers::dead_letter_headers(record, &error.to_string(), attempts);
         let mut all: Vec<(&str, &[u8])> = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
         all.extend(extra.iter().map(|(k, v)| (*k, v.as_bytes())));
         let value = record.value.as_deref().unwrap_or_default();
-        let mut delays = self.backoff.clone().without_max_times().build();
+        let mut delays = self.backoff.without_max_times().build();
         loop {
             match self.dead_letters.produce_with_tracing(&self.dlq_topic, record.key.as_deref(), value, &all).await {
                 Ok(_) => {
@@ -359,7 +370,9 @@ impl KafkaConsumer {
         });
         match tokio::time::timeout(timeout, closing).await {
             Ok(_) => tracing::info!(target: "infra::kafka", topic = %self.topic, "Kafka consumer closed"),
-            Err(_) => tracing::warn!(target: "infra::kafka", topic = %self.topic, ?timeout, "Kafka consumer did not close in time; abandoned"),
+            Err(_) => {
+                tracing::warn!(target: "infra::kafka", topic = %self.topic, ?timeout, "Kafka consumer did not close in time; abandoned")
+            }
         }
         self.state.left();
     }

@@ -17,7 +17,8 @@ pub mod dlq {
     /// How many times the handler was called.
     pub const ATTEMPTS: &str = "dlq.attempts";
     /// Every header this layer adds (replay strips them).
-    pub const ALL: [&str; 6] = [ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, ERROR, ATTEMPTS];
+    pub const ALL: [&str; 6] =
+        [ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, ERROR, ATTEMPTS];
 }
 
 /// The headers added to a dead-lettered copy of `record`.

@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod consumer;
+pub mod dlq;
 pub mod headers;
 mod health;
 pub mod metrics;

@@ -1,0 +1,109 @@
+//! `rust-app dlq list | replay`: the operator's view of the dead-letter topic.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use infra::config::Config;
+use infra::kafka::KafkaProducer;
+use infra::kafka::dlq::{DeadLetter, ReplayFilter, read_dead_letters, replay};
+
+use crate::cli::DlqAction;
+
+/// How long reading the dead-letter topic to its end may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Progress is printed every this many replayed records.
+const PROGRESS_EVERY: usize = 100;
+
+/// Runs a `dlq` subcommand; errors are printed and turned into a failing exit code.
+pub fn run(config: &Config, action: DlqAction) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rust-app: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let letters = read_dead_letters(&config.kafka, READ_TIMEOUT).await?;
+        match action {
+            DlqAction::List { sample } => {
+                list(&config.kafka.dlq_topic, &letters, sample);
+                Ok(())
+            }
+            DlqAction::Replay { key, from_offset, to_offset, dry_run } => {
+                let filter = ReplayFilter { key: key.map(String::into_bytes), from_offset, to_offset };
+                replay_selected(config, &letters, &filter, dry_run).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rust-app: dlq: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list(topic: &str, letters: &[DeadLetter], sample: usize) {
+    println!("{topic}: {} dead-lettered record(s)", letters.len());
+    for letter in letters.iter().take(sample) {
+        println!("{}", describe(letter));
+    }
+    if letters.len() > sample {
+        println!("... {} more (use --sample N)", letters.len() - sample);
+    }
+}
+
+/// One line per dead letter: where it is, where it came from, why it failed.
+fn describe(letter: &DeadLetter) -> String {
+    let record = &letter.record;
+    let origin = match (letter.original_topic(), letter.original_position()) {
+        (Some(topic), Some((partition, offset))) => format!("{topic}/{partition}@{offset}"),
+        _ => "unknown origin".to_string(),
+    };
+    let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+    let attempts = letter.attempts().map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    let error = letter.error().unwrap_or_default();
+    format!(
+        "  partition {} offset {}  from {origin}  key {key:?}  attempts {attempts}  error: {error}",
+        record.partition, record.offset
+    )
+}
+
+async fn replay_selected(
+    config: &Config,
+    letters: &[DeadLetter],
+    filter: &ReplayFilter,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let selected: Vec<&DeadLetter> = letters.iter().filter(|l| filter.matches(l)).collect();
+    let (replayable, orphans): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+        selected.into_iter().partition(|l| l.original_topic().is_some_and(|t| !t.is_empty()));
+    for orphan in &orphans {
+        eprintln!("skipped (no {} header):{}", infra::kafka::headers::dlq::ORIGINAL_TOPIC, describe(orphan));
+    }
+    if dry_run {
+        println!("dry run: {} record(s) would be replayed", replayable.len());
+        for letter in &replayable {
+            println!("{}", describe(letter));
+        }
+        return Ok(());
+    }
+    let producer = KafkaProducer::new(&config.kafka)?;
+    let total = replayable.len();
+    for (done, letter) in replayable.iter().enumerate() {
+        replay(&producer, letter).await?;
+        if (done + 1) % PROGRESS_EVERY == 0 {
+            eprint!("\rreplayed {}/{total}", done + 1);
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if total >= PROGRESS_EVERY {
+        eprintln!();
+    }
+    println!("replayed {total} record(s) from {}", config.kafka.dlq_topic);
+    Ok(())
+}
