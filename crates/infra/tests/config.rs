@@ -100,6 +100,10 @@ fn every_variable_is_listed_in_the_effective_configuration() {
         "KAFKA_DIAL_TIMEOUT",
         "KAFKA_CONN_IDLE_TIME",
         "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+        "KAFKA_SSL_CA_LOCATION",
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
@@ -134,6 +138,8 @@ fn durations_keep_the_seeds_unit_for_bare_numbers_and_accept_units() {
 fn choices_and_lists_are_normalised() {
     let config = load(&[
         ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_SASL_USERNAME", "alice"),
+        ("KAFKA_SASL_PASSWORD", "secret"),
         ("KAFKA_BROKERS", "b1:9092, b2:9093"),
         ("REDIS_ADDR", "rediss://:pw@cache.internal:6380"),
         ("APP_HOST", "127.0.0.1"),
@@ -366,4 +372,283 @@ fn cluster_mode_takes_a_list_of_seed_nodes_and_only_database_zero() {
     );
     let found = problems(&[("REDIS_MODE", "sentinel"), ("REDIS_ADDR", "a:1,b")]);
     assert_eq!(found.len(), 2, "a bad mode and a bad node are both reported: {found:?}");
+}
+
+/// A self-signed CA certificate (public data only, no key) for the `KAFKA_SSL_CA_LOCATION` tests.
+const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBjDCCATOgAwIBAgIUA+Psgk3yOInZg7iGr3z6PlDt3T4wCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQcnVzdC1hcHAgdGVzdCBDQTAgFw0yNjExMjcxNTQwMjlaGA8y
+MTI2MTEwMzE1NDAyOVowGzEZMBcGA1UEAwwQcnVzdC1hcHAgdGVzdCBDQTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABD+IniEwYKD1BcR7tIUxe1YNDVNdLlqE0eLG
+OB2ZRijnqUPSiLehVMlZzRxmFO8HtyCdzGeafOZKOjOLiPPrKYujUzBRMB0GA1Ud
+DgQWBBTkdudEK5j4RRzYC8wxUIaHEIiFyjAfBgNVHSMEGDAWgBTkdudEK5j4RRzY
+C8wxUIaHEIiFyjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIGg0
+Ek+tbixI1X2ioHLQvQKzW7SsoEKLpFgMpOLn1sAcAiBR/LzkqKvWDt5S9vDYYO/9
+zXtPzRkpwh+CFf+ub5qdNg==
+-----END CERTIFICATE-----
+";
+
+/// A file of a test's own (tests run in parallel), removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(test: &str, contents: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rust-app-kafka-config-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn kafka_security_defaults_to_no_sasl_and_the_system_cas() {
+    let config = load(&[]).expect("defaults are valid");
+    let kafka = &config.kafka;
+    assert_eq!(kafka.sasl_mechanism, "PLAIN");
+    assert_eq!(kafka.sasl_username, "");
+    assert_eq!(kafka.sasl_password.expose_secret(), "");
+    assert_eq!(kafka.ssl_ca_location, None);
+    assert!(!kafka.uses_sasl());
+    let shown = |name: &str| config.effective().iter().find(|e| e.name == name).map(|e| e.value.clone());
+    assert_eq!(shown("KAFKA_SASL_PASSWORD").as_deref(), Some(""), "unset shows empty, not ***");
+    assert_eq!(shown("KAFKA_SASL_MECHANISM").as_deref(), Some("PLAIN"));
+}
+
+#[test]
+fn a_valid_sasl_ssl_configuration_loads_with_every_field() {
+    let ca = TempFile::new("valid-sasl-ssl", TEST_CA_PEM);
+    let config = load(&[
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+        ("KAFKA_SASL_USERNAME", " alice "),
+        ("KAFKA_SASL_PASSWORD", "pa ss:w@rd"),
+        ("KAFKA_SSL_CA_LOCATION", ca.path()),
+    ])
+    .expect("valid");
+    let kafka = &config.kafka;
+    assert_eq!(kafka.security_protocol, "SASL_SSL");
+    assert_eq!(kafka.sasl_mechanism, "SCRAM-SHA-512", "canonical spelling");
+    assert_eq!(kafka.sasl_username, "alice", "trimmed");
+    assert_eq!(kafka.sasl_password.expose_secret(), "pa ss:w@rd", "kept as given");
+    assert_eq!(kafka.ssl_ca_location.as_deref(), Some(std::path::Path::new(ca.path())));
+    assert!(kafka.uses_sasl());
+    let entry = |name: &str| config.effective().iter().find(|e| e.name == name).cloned().expect(name);
+    assert_eq!(entry("KAFKA_SASL_PASSWORD").value, "***");
+    assert_eq!(entry("KAFKA_SASL_PASSWORD").origin, Origin::Environment);
+    assert_eq!(entry("KAFKA_SASL_USERNAME").value, "alice");
+    assert_eq!(entry("KAFKA_SSL_CA_LOCATION").value, ca.path());
+
+    for (protocol, mechanism) in [("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-256")] {
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", protocol),
+            ("KAFKA_SASL_MECHANISM", mechanism),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "secret"),
+        ])
+        .unwrap_or_else(|err| panic!("{protocol} {mechanism}: {err}"));
+        assert_eq!((config.kafka.security_protocol, config.kafka.sasl_mechanism), (protocol, mechanism));
+    }
+    let tls_only = load(&[("KAFKA_SECURITY_PROTOCOL", "SSL"), ("KAFKA_SSL_CA_LOCATION", ca.path())]).expect("valid");
+    assert!(tls_only.kafka.ssl_ca_location.is_some());
+}
+
+/// One row per broken rule: the variables set, and the exact problem lines expected, in reading order.
+#[test]
+fn every_kafka_security_rule_has_its_own_message() {
+    let ca = TempFile::new("rules", TEST_CA_PEM);
+    let ca = ca.path();
+    let missing =
+        |name: &str, protocol: &str| format!("{name} (default): must be set with KAFKA_SECURITY_PROTOCOL={protocol}");
+    let unused = |name: &str, value: &str, protocol: &str| {
+        format!(
+            "{name}={value:?} (environment): is not used with KAFKA_SECURITY_PROTOCOL={protocol}: \
+             use SASL_PLAINTEXT or SASL_SSL, or unset it"
+        )
+    };
+    let no_tls = |protocol: &str| {
+        format!(
+            "KAFKA_SSL_CA_LOCATION={ca:?} (environment): is not used with KAFKA_SECURITY_PROTOCOL={protocol} \
+             (no TLS): use SSL or SASL_SSL, or unset it"
+        )
+    };
+    // The variables set, and the problem lines expected.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            vec![("KAFKA_SASL_MECHANISM", "GSSAPI")],
+            vec![
+                "KAFKA_SASL_MECHANISM=\"GSSAPI\" (environment): must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+                    .into(),
+            ],
+        ),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "SSL"), ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem")],
+            vec![
+                "KAFKA_SSL_CA_LOCATION=\"/nonexistent/ca.pem\" (environment): \
+                 must be a readable file (No such file or directory (os error 2))"
+                    .into(),
+            ],
+        ),
+        // A SASL protocol needs both credentials; each missing one is its own line.
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")],
+            vec![missing("KAFKA_SASL_USERNAME", "SASL_SSL"), missing("KAFKA_SASL_PASSWORD", "SASL_SSL")],
+        ),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"), ("KAFKA_SASL_USERNAME", "alice")],
+            vec![missing("KAFKA_SASL_PASSWORD", "SASL_PLAINTEXT")],
+        ),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("KAFKA_SASL_PASSWORD", "secret")],
+            vec![missing("KAFKA_SASL_USERNAME", "SASL_SSL")],
+        ),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("KAFKA_SASL_USERNAME", "  "), ("KAFKA_SASL_PASSWORD", "x")],
+            vec!["KAFKA_SASL_USERNAME=\"  \" (environment): must be set with KAFKA_SECURITY_PROTOCOL=SASL_SSL".into()],
+        ),
+        // Credentials with a protocol that would silently ignore them; the password stays masked.
+        (vec![("KAFKA_SASL_USERNAME", "alice")], vec![unused("KAFKA_SASL_USERNAME", "alice", "PLAINTEXT")]),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "ssl"), ("KAFKA_SASL_PASSWORD", "secret")],
+            vec![unused("KAFKA_SASL_PASSWORD", "***", "SSL")],
+        ),
+        (
+            vec![("KAFKA_SECURITY_PROTOCOL", "SSL"), ("KAFKA_SASL_USERNAME", "alice"), ("KAFKA_SASL_PASSWORD", "pw")],
+            vec![unused("KAFKA_SASL_USERNAME", "alice", "SSL"), unused("KAFKA_SASL_PASSWORD", "***", "SSL")],
+        ),
+        // A CA file with a protocol that does not use TLS.
+        (vec![("KAFKA_SSL_CA_LOCATION", ca)], vec![no_tls("PLAINTEXT")]),
+        (
+            vec![
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+                ("KAFKA_SASL_PASSWORD", "pw"),
+                ("KAFKA_SSL_CA_LOCATION", ca),
+            ],
+            vec![no_tls("SASL_PLAINTEXT")],
+        ),
+        // Every problem at once, one line each.
+        (
+            vec![("KAFKA_SASL_USERNAME", "alice"), ("KAFKA_SASL_PASSWORD", "pw"), ("KAFKA_SSL_CA_LOCATION", ca)],
+            vec![
+                unused("KAFKA_SASL_USERNAME", "alice", "PLAINTEXT"),
+                unused("KAFKA_SASL_PASSWORD", "***", "PLAINTEXT"),
+                no_tls("PLAINTEXT"),
+            ],
+        ),
+        // An unreadable protocol is the only problem: the rest is not judged against its default.
+        (
+            vec![
+                ("KAFKA_SECURITY_PROTOCOL", "SASL-SSL"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+                ("KAFKA_SSL_CA_LOCATION", ca),
+            ],
+            vec![
+                "KAFKA_SECURITY_PROTOCOL=\"SASL-SSL\" (environment): \
+                 must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+                    .into(),
+            ],
+        ),
+    ];
+    for (env, expected) in cases {
+        assert_eq!(problems(&env), expected, "{env:?}");
+    }
+}
+
+#[test]
+fn a_bad_kafka_security_configuration_fails_as_a_whole_with_one_line_per_problem() {
+    let err =
+        load(&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("KAFKA_SASL_MECHANISM", "md5")]).expect_err("three problems");
+    let message = err.to_string();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines[0], "invalid configuration (3 problems):", "{message}");
+    for (line, name) in lines[1..].iter().zip(["KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"]) {
+        assert!(line.trim_start().starts_with(name), "{line}");
+    }
+}
+
+#[test]
+fn the_kafka_sasl_password_never_appears_in_messages_listings_or_debug_output() {
+    let password = "k4fk4-s3cr3t";
+    let good = load(&[
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_SASL_USERNAME", "alice"),
+        ("KAFKA_SASL_PASSWORD", password),
+    ])
+    .expect("valid");
+    let listing = format!("{:?}", good.effective());
+    assert!(listing.contains("\"KAFKA_SASL_PASSWORD\", value: \"***\""), "{listing}");
+    let client = infra::kafka::KafkaClient::new(&good.kafka).expect("client");
+    for shown in [listing, format!("{good:?}"), format!("{:?}", good.kafka), format!("{client:?}")] {
+        assert!(!shown.contains(password), "secret leaked: {shown}");
+    }
+
+    // Refused with the password set: as the wrong protocol's problem, and among other problems.
+    for env in [
+        vec![("KAFKA_SECURITY_PROTOCOL", "SSL"), ("KAFKA_SASL_PASSWORD", password)],
+        vec![("KAFKA_SASL_PASSWORD", password), ("KAFKA_SASL_MECHANISM", "bogus"), ("REDIS_POOL_SIZE", "0")],
+        vec![("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("KAFKA_SASL_PASSWORD", password)],
+    ] {
+        let err = load(&env).expect_err("invalid");
+        let message = err.to_string();
+        assert!(!message.contains(password), "secret leaked: {message}");
+        assert!(!format!("{err:?}").contains(password), "secret leaked in Debug: {err:?}");
+    }
+}
+
+/// librdkafka checks its configuration when a client is created (it connects lazily: no broker is needed).
+#[test]
+fn librdkafka_accepts_the_security_settings() {
+    let ca = TempFile::new("librdkafka", TEST_CA_PEM);
+    let sasl = [
+        ("KAFKA_BROKERS", "127.0.0.1:9"),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_SASL_USERNAME", "alice"),
+        ("KAFKA_SASL_PASSWORD", "secret"),
+    ];
+    let config = load(&sasl).expect("valid");
+    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_SSL + SCRAM-SHA-512");
+
+    let mut with_ca = sasl.to_vec();
+    with_ca.push(("KAFKA_SSL_CA_LOCATION", ca.path()));
+    let config = load(&with_ca).expect("valid");
+    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_SSL with a CA file");
+
+    let plain = [
+        ("KAFKA_BROKERS", "127.0.0.1:9"),
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+        ("KAFKA_SASL_USERNAME", "alice"),
+        ("KAFKA_SASL_PASSWORD", "secret"),
+    ];
+    let config = load(&plain).expect("valid");
+    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_PLAINTEXT + PLAIN");
+}
+
+/// The CA file really reaches librdkafka: one that is readable but not PEM makes the client fail to start.
+#[test]
+fn a_ca_file_librdkafka_cannot_load_is_refused_when_the_client_is_created() {
+    let not_pem = TempFile::new("not-pem", "this is not a certificate\n");
+    let config = load(&[
+        ("KAFKA_BROKERS", "127.0.0.1:9"),
+        ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+        ("KAFKA_SSL_CA_LOCATION", not_pem.path()),
+    ])
+    .expect("readable, so the configuration itself is valid");
+    let err = infra::kafka::KafkaClient::new(&config.kafka).expect_err("librdkafka cannot load it");
+    assert!(matches!(err, infra::kafka::KafkaError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("ssl.ca.location"), "{err}");
 }

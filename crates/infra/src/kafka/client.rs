@@ -107,7 +107,8 @@ impl KafkaClient {
     }
 }
 
-/// librdkafka settings shared by every client of this layer.
+/// librdkafka settings shared by every client of this layer, security included. The SASL password is exposed
+/// only here, into librdkafka's own configuration; rdkafka's `Debug` of a `ClientConfig` leaves it out.
 pub(crate) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
@@ -116,5 +117,14 @@ pub(crate) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
         .set("socket.connection.setup.timeout.ms", config.dial_timeout.as_millis().to_string())
         .set("connections.max.idle.ms", config.conn_idle_time.as_millis().to_string())
         .set("log_level", "4");
+    if config.uses_sasl() {
+        client
+            .set("sasl.mechanism", config.sasl_mechanism)
+            .set("sasl.username", config.sasl_username.as_str())
+            .set("sasl.password", secrecy::ExposeSecret::expose_secret(&config.sasl_password));
+    }
+    if let Some(ca) = &config.ssl_ca_location {
+        client.set("ssl.ca.location", ca.display().to_string());
+    }
     client
 }

@@ -1,11 +1,17 @@
 //! Kafka settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Reader, Sensitivity, Unit, check_broker_list};
 
 /// The security protocols librdkafka understands (`security.protocol`).
 pub const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+
+/// The SASL mechanisms supported (`sasl.mechanism`); Kerberos (GSSAPI) and OAUTHBEARER are not.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// The compression codecs librdkafka understands (`compression.codec`).
 pub const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
@@ -43,6 +49,15 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// `KAFKA_SESSION_TIMEOUT`: the consumer group session timeout (`session.timeout.ms`).
     pub session_timeout: Duration,
+    /// `KAFKA_SASL_MECHANISM`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (used with the SASL_* protocols only).
+    pub sasl_mechanism: &'static str,
+    /// `KAFKA_SASL_USERNAME`: the SASL user; set exactly when the protocol is SASL_*.
+    pub sasl_username: String,
+    /// `KAFKA_SASL_PASSWORD`: the SASL password; set exactly when the protocol is SASL_*. Never printed.
+    pub sasl_password: SecretString,
+    /// `KAFKA_SSL_CA_LOCATION`: CA certificate (PEM) to verify the brokers with, instead of the system's; only
+    /// with the TLS protocols (SSL, SASL_SSL).
+    pub ssl_ca_location: Option<PathBuf>,
 }
 
 impl KafkaConfig {
@@ -53,14 +68,22 @@ impl KafkaConfig {
         });
         let topic = r.parsed("KAFKA_TOPIC", Sensitivity::Plain, "rust-app-events".to_string(), check_topic);
         let dlq_default = format!("{topic}.dlq");
+        let consumer_group = r.string("KAFKA_CONSUMER_GROUP", "rust-app-consumer-group");
+        let batch_size = r.int("KAFKA_BATCH_SIZE", 100, 1, 1_000_000);
+        let dial_timeout = r.duration("KAFKA_DIAL_TIMEOUT", Duration::from_secs(15), Unit::Seconds, false);
+        let conn_idle_time = r.duration("KAFKA_CONN_IDLE_TIME", Duration::from_secs(20 * 60), Unit::Minutes, true);
+        let security_protocol = r.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", &SECURITY_PROTOCOLS);
+        // A protocol that could not be read stands at its default: judging the other settings against it would
+        // only add confusing problems to the one that matters.
+        let protocol = r.problems().iter().all(|p| p.name != "KAFKA_SECURITY_PROTOCOL").then_some(security_protocol);
         KafkaConfig {
             brokers: brokers.0,
             topic,
-            consumer_group: r.string("KAFKA_CONSUMER_GROUP", "rust-app-consumer-group"),
-            batch_size: r.int("KAFKA_BATCH_SIZE", 100, 1, 1_000_000),
-            dial_timeout: r.duration("KAFKA_DIAL_TIMEOUT", Duration::from_secs(15), Unit::Seconds, false),
-            conn_idle_time: r.duration("KAFKA_CONN_IDLE_TIME", Duration::from_secs(20 * 60), Unit::Minutes, true),
-            security_protocol: r.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", &SECURITY_PROTOCOLS),
+            consumer_group,
+            batch_size,
+            dial_timeout,
+            conn_idle_time,
+            security_protocol,
             linger: r.duration("KAFKA_LINGER_MS", Duration::from_millis(5), Unit::Milliseconds, true),
             compression: r.choice("KAFKA_COMPRESSION", "lz4", &COMPRESSIONS),
             delivery_timeout: r.duration("KAFKA_DELIVERY_TIMEOUT", Duration::from_secs(30), Unit::Seconds, false),
@@ -68,7 +91,16 @@ impl KafkaConfig {
             retry_backoff: r.duration("KAFKA_RETRY_BACKOFF", Duration::from_millis(100), Unit::Milliseconds, false),
             dlq_topic: r.parsed("KAFKA_DLQ_TOPIC", Sensitivity::Plain, dlq_default, check_topic),
             session_timeout: r.duration("KAFKA_SESSION_TIMEOUT", Duration::from_secs(45), Unit::Seconds, false),
+            sasl_mechanism: r.choice("KAFKA_SASL_MECHANISM", "PLAIN", &SASL_MECHANISMS),
+            sasl_username: read_sasl_username(r, protocol),
+            sasl_password: read_sasl_password(r, protocol),
+            ssl_ca_location: read_ssl_ca_location(r, protocol),
         }
+    }
+
+    /// Whether the protocol authenticates with SASL (SASL_PLAINTEXT, SASL_SSL).
+    pub fn uses_sasl(&self) -> bool {
+        uses_sasl(self.security_protocol)
     }
 
     /// The brokers as librdkafka's `bootstrap.servers`.
@@ -86,6 +118,85 @@ impl std::fmt::Display for BrokerList {
     }
 }
 
+fn uses_sasl(protocol: &str) -> bool {
+    protocol.starts_with("SASL_")
+}
+
+fn uses_tls(protocol: &str) -> bool {
+    protocol.ends_with("SSL")
+}
+
+/// The rule broken by a SASL setting given with a protocol that ignores it.
+fn sasl_unused(protocol: &str) -> String {
+    format!("is not used with KAFKA_SECURITY_PROTOCOL={protocol}: use SASL_PLAINTEXT or SASL_SSL, or unset it")
+}
+
+/// The rule broken by a missing SASL setting.
+fn sasl_missing(protocol: &str) -> String {
+    format!("must be set with KAFKA_SECURITY_PROTOCOL={protocol}")
+}
+
+/// `KAFKA_SASL_USERNAME`, given exactly when the protocol uses SASL (`protocol` is `None` when unreadable).
+fn read_sasl_username(r: &mut Reader<'_>, protocol: Option<&str>) -> String {
+    let username = r.parsed("KAFKA_SASL_USERNAME", Sensitivity::Plain, String::new(), |raw| Ok(raw.trim().to_string()));
+    match protocol {
+        Some(protocol) if uses_sasl(protocol) && username.is_empty() => {
+            r.cross_check("KAFKA_SASL_USERNAME", sasl_missing(protocol));
+        }
+        Some(protocol) if !uses_sasl(protocol) && !username.is_empty() => {
+            r.cross_check("KAFKA_SASL_USERNAME", sasl_unused(protocol));
+        }
+        _ => {}
+    }
+    username
+}
+
+/// `KAFKA_SASL_PASSWORD`, given exactly when the protocol uses SASL.
+///
+/// Not read with `Reader::secret` + `Reader::cross_check`: a cross check shows the raw value, masking only what
+/// looks like a URL, so a bare password would be printed. Read as a [`Sensitivity::Secret`] value instead, its
+/// problems show `***`, and its listing too.
+fn read_sasl_password(r: &mut Reader<'_>, protocol: Option<&str>) -> SecretString {
+    let unused = protocol.filter(|p| !uses_sasl(p)).map(sasl_unused);
+    let password = r.parsed("KAFKA_SASL_PASSWORD", Sensitivity::Secret, Masked::default(), |raw| match unused {
+        Some(rule) => Err(rule),
+        None => Ok(Masked(SecretString::from(raw))),
+    });
+    if let Some(protocol) = protocol
+        && uses_sasl(protocol)
+        && password.0.expose_secret().is_empty()
+    {
+        // Only reached when unset: an empty value counts as unset, so nothing secret can be shown.
+        r.cross_check("KAFKA_SASL_PASSWORD", sasl_missing(protocol));
+    }
+    password.0
+}
+
+/// `KAFKA_SSL_CA_LOCATION`: a readable file, and only with a protocol that uses TLS.
+fn read_ssl_ca_location(r: &mut Reader<'_>, protocol: Option<&str>) -> Option<PathBuf> {
+    let location = r.optional_file("KAFKA_SSL_CA_LOCATION");
+    if let Some(protocol) = protocol
+        && location.is_some()
+        && !uses_tls(protocol)
+    {
+        r.cross_check(
+            "KAFKA_SSL_CA_LOCATION",
+            format!("is not used with KAFKA_SECURITY_PROTOCOL={protocol} (no TLS): use SSL or SASL_SSL, or unset it"),
+        );
+    }
+    location
+}
+
+/// A secret as the [`Reader`] shows it: `***` when set, empty when not. Never its text.
+#[derive(Default)]
+struct Masked(SecretString);
+
+impl std::fmt::Display for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.expose_secret().is_empty() { "" } else { "***" })
+    }
+}
+
 /// Kafka's own rule for topic names.
 fn check_topic(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
@@ -94,5 +205,64 @@ fn check_topic(raw: &str) -> Result<String, String> {
         Ok(raw.to_string())
     } else {
         Err("must be 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' or '-'".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use crate::kafka::client::base_client_config;
+
+    fn kafka(env: &[(&str, &str)]) -> KafkaConfig {
+        let sources = Sources::from_env_pairs(env);
+        let mut r = Reader::new(&sources);
+        let config = KafkaConfig::read(&mut r);
+        assert_eq!(r.problems(), [], "{env:?}");
+        config
+    }
+
+    #[test]
+    fn the_client_gets_sasl_settings_only_with_a_sasl_protocol() {
+        let client = base_client_config(&kafka(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-256"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "k4fk4-s3cr3t"),
+        ]));
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(client.get("sasl.username"), Some("alice"));
+        assert_eq!(client.get("sasl.password"), Some("k4fk4-s3cr3t"));
+        assert_eq!(client.get("ssl.ca.location"), None, "the system's CAs unless set");
+
+        let client = base_client_config(&kafka(&[]));
+        assert_eq!(client.get("security.protocol"), Some("plaintext"));
+        for key in ["sasl.mechanism", "sasl.username", "sasl.password", "ssl.ca.location"] {
+            assert_eq!(client.get(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_client_gets_the_ca_file_when_set() {
+        // Any readable file passes the configuration; librdkafka itself parses the PEM.
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let client = base_client_config(&kafka(&[("KAFKA_SECURITY_PROTOCOL", "ssl"), ("KAFKA_SSL_CA_LOCATION", ca)]));
+        assert_eq!(client.get("ssl.ca.location"), Some(ca));
+        assert_eq!(client.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn the_client_configuration_never_shows_the_password() {
+        let client = base_client_config(&kafka(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "k4fk4-s3cr3t"),
+        ]));
+        let shown = [format!("{client:?}"), format!("{:?}", client.config_map())];
+        for shown in &shown {
+            assert!(shown.contains("alice"), "the rest is shown: {shown}");
+            assert!(!shown.contains("k4fk4-s3cr3t"), "secret leaked: {shown}");
+        }
     }
 }
