@@ -75,3 +75,11 @@ pub fn render_effective_config(config: &Config) -> String {
     }
     out
 }
+
+/// The async runtime for a subcommand; on failure the error is printed and the exit code returned.
+pub fn runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("rust-app: cannot start the async runtime: {err}");
+        std::process::ExitCode::FAILURE
+    })
+}

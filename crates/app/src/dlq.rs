@@ -18,12 +18,9 @@ const PROGRESS_EVERY: usize = 100;
 
 /// Runs a `dlq` subcommand; errors are printed and turned into a failing exit code.
 pub fn run(config: &Config, action: DlqAction) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rust-app: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let letters = read_dead_letters(&config.kafka, READ_TIMEOUT).await?;

@@ -59,12 +59,9 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("rust-app: cannot initialise logging: {err}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match app::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rust-app: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let app = Application::build(config).await?;
