@@ -6,7 +6,8 @@ use app::cli::{Cli, Command};
 use app::{shutdown, startup::Application};
 use clap::Parser;
 use infra::config::{Config, EXIT_CONFIG};
-use infra::telemetry::LogOutput;
+use infra::telemetry::{LogOutput, TelemetryError, TelemetryGuard};
+use tokio::runtime::Runtime;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,15 +30,20 @@ fn main() -> ExitCode {
 }
 
 fn migrate(config: Config) -> ExitCode {
-    let _ = infra::telemetry::init(&config.service, LogOutput::Stderr);
-    let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
-        runtime.block_on(async {
-            let client = infra::postgres::PostgresClient::connect_lazy(&config.postgres)?;
-            let applied = app::migrations::apply(&client).await;
-            client.close().await;
-            Ok::<_, anyhow::Error>(applied?)
-        })
+    let runtime = match app::cli::runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let telemetry = start_telemetry(&runtime, &config, LogOutput::Stderr);
+    let result = runtime.block_on(async {
+        let client = infra::postgres::PostgresClient::connect_lazy(&config.postgres)?;
+        let applied = app::migrations::apply(&client).await;
+        client.close().await;
+        Ok::<_, anyhow::Error>(applied?)
     });
+    if let Ok(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     match result {
         Ok(applied) if applied.is_empty() => {
             println!("database is up to date");
@@ -55,18 +61,22 @@ fn migrate(config: Config) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    if let Err(err) = infra::telemetry::init(&config.service, LogOutput::Stdout) {
-        eprintln!("rust-app: cannot initialise logging: {err}");
-        return ExitCode::FAILURE;
-    }
     let runtime = match app::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
+    };
+    let telemetry = match start_telemetry(&runtime, &config, LogOutput::Stdout) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("rust-app: cannot initialise telemetry: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     let result = runtime.block_on(async {
         let app = Application::build(config).await?;
         app.run_until_stopped(shutdown::signal()).await
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -75,4 +85,10 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Installs logs and traces inside `runtime`: the OTLP exporter's connection task is spawned on it.
+fn start_telemetry(runtime: &Runtime, config: &Config, output: LogOutput) -> Result<TelemetryGuard, TelemetryError> {
+    let _inside = runtime.enter();
+    infra::telemetry::init(&config.service, output)
 }

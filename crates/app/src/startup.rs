@@ -11,18 +11,22 @@ use infra::health::{Criticality, HealthRegistry};
 use infra::kafka::{KafkaClient, KafkaHealth};
 use infra::postgres::{PostgresClient, PostgresHealth};
 use infra::redis::{RedisClient, RedisHealth};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::http::{self, AppState};
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
+/// How often histogram samples are folded into buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Bound on closing the pools after the HTTP server stopped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The clients the service owns, closed on shutdown.
 struct Resources {
     postgres: PostgresClient,
+    metrics: PrometheusHandle,
 }
 
 impl Resources {
@@ -52,6 +56,8 @@ impl Application {
     /// Builds everything around an already bound listener (tests bind port 0). Applies the migrations first
     /// when POSTGRES_MIGRATE_ON_START is set.
     pub async fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        // Before the clients: they register their metrics when built.
+        let metrics = infra::telemetry::prometheus::install()?;
         let postgres = PostgresClient::connect_lazy(&config.postgres)?;
         if config.postgres.migrate_on_start {
             crate::migrations::apply(&postgres).await.context("applying migrations at start")?;
@@ -68,7 +74,7 @@ impl Application {
                 Arc::new(KafkaHealth::new(kafka, config.kafka.topic.clone(), config.health.check_timeout)),
                 Criticality::Optional,
             );
-        let router = http::router(AppState { health: Arc::new(health) });
+        let router = http::router(AppState { health: Arc::new(health), metrics: metrics.clone() });
         tracing::info!(
             service = %config.service.name,
             version = %config.service.version,
@@ -80,7 +86,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
-            resources: Resources { postgres },
+            resources: Resources { postgres, metrics },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
@@ -102,6 +108,7 @@ impl Application {
         let mut server =
             tokio::spawn(axum::serve(self.listener, service).with_graceful_shutdown(graceful).into_future());
         tracing::info!(%address, "listening");
+        let upkeep = spawn_metrics_upkeep(self.resources.metrics.clone());
 
         tokio::select! {
             ended = &mut server => {
@@ -119,10 +126,23 @@ impl Application {
                 server.abort();
             }
         }
+        upkeep.abort();
         self.resources.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays
+/// bounded between scrapes.
+fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            every.tick().await;
+            metrics.run_upkeep();
+        }
+    })
 }
 
 fn spawn_ensure_topic(kafka: KafkaClient, topic: String, timeout: Duration) {

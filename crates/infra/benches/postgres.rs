@@ -117,13 +117,14 @@ fn install_subscriber() -> String {
     use tracing_subscriber::layer::SubscriberExt;
     let mode = std::env::var("BENCH_TELEMETRY").unwrap_or_else(|_| "json".into());
     let info = || tracing_subscriber::EnvFilter::new("info");
-    let result = match mode.as_str() {
-        "off" => return mode,
-        "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
-        _ => tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(infra::telemetry::log_layer(info(), std::io::sink)),
-        ),
-    };
+    let result =
+        match mode.as_str() {
+            "off" => return mode,
+            "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
+            _ => tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(infra::telemetry::log_layer(None, info(), std::io::sink)),
+            ),
+        };
     result.expect("subscriber");
     mode
 }

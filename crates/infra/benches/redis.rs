@@ -104,7 +104,7 @@ fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
     {
         use tracing_subscriber::layer::SubscriberExt;
-        let layer = infra::telemetry::log_layer(tracing_subscriber::EnvFilter::new("info"), std::io::sink);
+        let layer = infra::telemetry::log_layer(None, tracing_subscriber::EnvFilter::new("info"), std::io::sink);
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).expect("subscriber");
     }
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder");

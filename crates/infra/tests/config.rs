@@ -652,3 +652,62 @@ fn a_ca_file_librdkafka_cannot_load_is_refused_when_the_client_is_created() {
     assert!(matches!(err, infra::kafka::KafkaError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("ssl.ca.location"), "{err}");
 }
+
+#[test]
+fn telemetry_settings_are_read_and_each_bad_one_named() {
+    let config = load(&[
+        ("LOG_FORMAT", "Pretty"),
+        ("LOG_LEVEL", "warn,infra=debug"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ])
+    .expect("valid");
+    assert_eq!(config.service.log_format, infra::telemetry::LogFormat::Pretty);
+    assert_eq!(config.service.effective_log_filter(), "warn,infra=debug");
+    assert_eq!(config.service.otlp.as_ref().map(|o| o.endpoint.as_str()), Some("http://127.0.0.1:4317"));
+    assert_eq!((config.service.sampler, config.service.sampler_ratio), ("parentbased_traceidratio", 0.25));
+    let defaults = load(&[]).expect("valid");
+    assert!(defaults.service.otlp.is_none(), "no endpoint, no exporter");
+    assert_eq!(defaults.service.effective_log_filter(), "info");
+    assert_eq!(
+        load(&[("RUST_LOG", "debug"), ("LOG_LEVEL", "warn")]).expect("valid").service.effective_log_filter(),
+        "debug"
+    );
+
+    let found = problems(&[
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "infoo=="),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+    ]);
+    let names: Vec<&str> = found.iter().map(|p| p.split('=').next().unwrap_or_default()).collect();
+    assert_eq!(
+        names,
+        ["LOG_FORMAT", "LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn otlp_header_values_never_appear_in_messages_listings_or_debug_output() {
+    let token = "t0k3n-s3cr3t";
+    let headers = format!("authorization=Bearer%20{token},x-tenant=blue");
+    let good =
+        load(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"), ("OTEL_EXPORTER_OTLP_HEADERS", &headers)])
+            .expect("valid");
+    let otlp = good.service.otlp.as_ref().expect("exporter configured");
+    let names: Vec<&str> = otlp.headers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["authorization", "x-tenant"]);
+    assert_eq!(otlp.headers[0].1.expose_secret(), format!("Bearer {token}"));
+    let listing = format!("{:?}", good.effective());
+    assert!(listing.contains("\"OTEL_EXPORTER_OTLP_HEADERS\", value: \"***\""), "{listing}");
+    for shown in [listing, format!("{good:?}"), format!("{otlp:?}")] {
+        assert!(!shown.contains(token), "secret leaked: {shown}");
+    }
+    let bad = format!("authorization Bearer {token}");
+    let err = load(&[("OTEL_EXPORTER_OTLP_HEADERS", &bad), ("REDIS_POOL_SIZE", "0")]).expect_err("invalid");
+    assert!(!err.to_string().contains(token), "secret leaked: {err}");
+    assert!(!format!("{err:?}").contains(token), "secret leaked in Debug: {err:?}");
+}

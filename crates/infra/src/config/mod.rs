@@ -16,38 +16,18 @@ use std::time::Duration;
 
 pub use address::{check_broker_list, check_host_port, check_url};
 pub use reader::{Entry, Problem, Reader, Sensitivity, Unit, parse_duration};
-pub use redact::{redact_url, redact_value};
+pub use redact::{Masked, redact_url, redact_value};
 pub use source::{Origin, Sources};
 
 use crate::health::HealthConfig;
 use crate::kafka::KafkaConfig;
 use crate::postgres::PostgresConfig;
 use crate::redis::RedisConfig;
+pub use crate::telemetry::ServiceConfig;
 
 /// The exit code for a configuration error (`EX_CONFIG` from BSD's sysexits.h), which process supervisors
 /// recognise as "do not restart in a loop, a human must fix the settings".
 pub const EXIT_CONFIG: i32 = 78;
-
-/// The service's identity, used in logs and traces.
-#[derive(Clone, Debug)]
-pub struct ServiceConfig {
-    /// `OTEL_SERVICE_NAME`.
-    pub name: String,
-    /// `OTEL_SERVICE_VERSION`.
-    pub version: String,
-    /// `OTEL_LOG_VERBOSITY`: 0 warn, 1 info (default), 2 debug, 3 trace.
-    pub log_verbosity: u8,
-}
-
-impl ServiceConfig {
-    fn read(r: &mut Reader<'_>) -> Self {
-        ServiceConfig {
-            name: r.string("OTEL_SERVICE_NAME", "rust-app"),
-            version: r.string("OTEL_SERVICE_VERSION", "v1.0.0"),
-            log_verbosity: r.int("OTEL_LOG_VERBOSITY", 1, 0, 3),
-        }
-    }
-}
 
 /// The HTTP server.
 #[derive(Clone, Debug)]

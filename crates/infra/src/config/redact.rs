@@ -94,3 +94,15 @@ mod tests {
         assert_eq!(redact_value("plain", Sensitivity::Plain), "plain");
     }
 }
+
+/// A secret as the [`Reader`](super::Reader) shows it: `***` when set, empty when not. Never its text. Parsers of
+/// secret variables return it so the value listed by `rust-app config` and in problems is the mask.
+#[derive(Default)]
+pub struct Masked(pub secrecy::SecretString);
+
+impl std::fmt::Display for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use secrecy::ExposeSecret;
+        f.write_str(if self.0.expose_secret().is_empty() { "" } else { "***" })
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Reader, Sensitivity, Unit, check_broker_list};
+use crate::config::{Masked, Reader, Sensitivity, Unit, check_broker_list};
 
 /// The security protocols librdkafka understands (`security.protocol`).
 pub const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
@@ -185,16 +185,6 @@ fn read_ssl_ca_location(r: &mut Reader<'_>, protocol: Option<&str>) -> Option<Pa
         );
     }
     location
-}
-
-/// A secret as the [`Reader`] shows it: `***` when set, empty when not. Never its text.
-#[derive(Default)]
-struct Masked(SecretString);
-
-impl std::fmt::Display for Masked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.expose_secret().is_empty() { "" } else { "***" })
-    }
 }
 
 /// Kafka's own rule for topic names.

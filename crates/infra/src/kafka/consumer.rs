@@ -23,10 +23,13 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::client::base_client_config;
+use super::headers::RecordHeaders;
+use super::headers::trace::CORRELATION_ID;
 use super::metrics;
 use super::producer::KafkaProducer;
 use super::state::ConsumerState;
 use super::{KafkaConfig, headers};
+use crate::telemetry::propagation;
 
 /// How often librdkafka reports statistics (lag, group state) and commits stored offsets.
 const STATS_AND_COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -257,10 +260,21 @@ impl KafkaConsumer {
             messaging.consumer.group.name = Empty,
             attempts = Empty,
             dead_lettered = false,
+            correlation_id = Empty,
         );
+        propagation::continue_trace(&span, &RecordHeaders(record));
+        let correlation =
+            record.header(CORRELATION_ID).and_then(|id| std::str::from_utf8(id).ok()).map(Arc::<str>::from);
+        if let Some(id) = &correlation {
+            span.record("correlation_id", id.as_ref());
+        }
         metrics::consumed(&record.topic);
         let started = Instant::now();
-        let outcome = self.attempts(handler, record, shutdown).instrument(span.clone()).await;
+        let attempts = self.attempts(handler, record, shutdown).instrument(span.clone());
+        let outcome = match correlation {
+            Some(id) => propagation::with_correlation_id(id, attempts).await,
+            None => attempts.await,
+        };
         let (outcome, dead_lettered) = match outcome {
             Attempts::Handled(attempts) => {
                 span.record("attempts", attempts);

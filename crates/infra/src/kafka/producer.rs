@@ -86,7 +86,9 @@ impl KafkaProducer {
         Ok(KafkaProducer { producer: Arc::new(producer), delivery_timeout: config.delivery_timeout })
     }
 
-    /// Sends one record and waits for its delivery report. `headers` are sent as given.
+    /// Sends one record and waits for its delivery report. `headers` are sent as given, followed by the trace
+    /// context of the `kafka.produce` span (`traceparent`, `tracestate`) and the current correlation id
+    /// (`correlation-id`) unless `headers` already carry them.
     pub async fn produce_with_tracing(
         &self,
         topic: &str,
@@ -108,9 +110,13 @@ impl KafkaProducer {
             messaging.message.body.size = value.len(),
             error.type = Empty,
         );
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        let context = super::headers::context_headers(&span, headers);
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + context.len());
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(*value) });
+        }
+        for (name, value) in &context {
+            owned = owned.insert(Header { key: name, value: Some(value.as_bytes()) });
         }
         let mut record = FutureRecord::to(topic).payload(value).headers(owned);
         if let Some(key) = key {
