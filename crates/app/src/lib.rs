@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod dlq;
+pub mod events;
 pub mod http;
 pub mod migrations;
 pub mod shutdown;

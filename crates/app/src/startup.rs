@@ -1,47 +1,48 @@
-//! Wiring: builds the clients and the HTTP server from the configuration, runs it until told to stop.
+//! Wiring: builds the clients, the event consumer and the HTTP server from the configuration, runs them until
+//! told to stop, then stops them in order within SHUTDOWN_TIMEOUT.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use infra::config::Config;
 use infra::health::{Criticality, HealthRegistry};
-use infra::kafka::{KafkaClient, KafkaHealth};
+use infra::kafka::{KafkaClient, KafkaConsumer, KafkaHealth, KafkaProducer};
 use infra::postgres::{PostgresClient, PostgresHealth};
-use infra::redis::{RedisClient, RedisHealth};
+use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
+use crate::events::postgres::PostgresEventLog;
 use crate::http::{self, AppState};
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Bound on closing the pools after the HTTP server stopped.
+/// Bound on closing the pools once everything else stopped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time the consumer and the producer get at shutdown, even when draining HTTP used up the rest.
+const MIN_STOP_TIME: Duration = Duration::from_secs(1);
 
-/// The clients the service owns, closed on shutdown.
-struct Resources {
+/// What the service runs besides the HTTP server, stopped in order on shutdown.
+struct Workers {
     postgres: PostgresClient,
+    producer: KafkaProducer,
+    consumer: KafkaConsumer,
+    handler: EventLogHandler,
     metrics: PrometheusHandle,
-}
-
-impl Resources {
-    async fn close(&self) {
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.postgres.close()).await.is_err() {
-            tracing::warn!("PostgreSQL pool did not close within {CLOSE_TIMEOUT:?}; leaving it");
-        }
-    }
 }
 
 /// A built, not yet running, service: the listener is bound, the clients exist (connected lazily).
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    resources: Resources,
+    workers: Workers,
     shutdown_timeout: Duration,
 }
 
@@ -64,29 +65,42 @@ impl Application {
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
         let kafka = KafkaClient::new(&config.kafka)?;
-        spawn_ensure_topic(kafka.clone(), config.kafka.topic.clone(), config.kafka.dial_timeout);
+        spawn_ensure_topics(kafka.clone(), &config);
+        let producer = KafkaProducer::new(&config.kafka)?;
+        let consumer = KafkaConsumer::new(&config.kafka, producer.clone())?;
+        let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
 
         let mut health = HealthRegistry::new(config.health.clone());
         health
             .register(Arc::new(PostgresHealth::new(postgres.clone())), Criticality::Required)
-            .register(Arc::new(RedisHealth::new(redis)), Criticality::Optional)
+            .register(Arc::new(RedisHealth::new(redis.clone())), Criticality::Optional)
             .register(
-                Arc::new(KafkaHealth::new(kafka, config.kafka.topic.clone(), config.health.check_timeout)),
+                Arc::new(
+                    KafkaHealth::new(kafka, config.kafka.topic.clone(), config.health.check_timeout)
+                        .with_consumer(consumer.state()),
+                ),
                 Criticality::Optional,
             );
-        let router = http::router(AppState { health: Arc::new(health), metrics: metrics.clone() });
+        let state = AppState {
+            health: Arc::new(health),
+            metrics: metrics.clone(),
+            events: Arc::new(KafkaEventPublisher::new(producer.clone(), config.kafka.topic.clone())),
+            event_log: event_log.clone(),
+            publish_limiter: RateLimiter::new(redis, "rate:events", WhenUnavailable::from_config(&config.redis)),
+        };
         tracing::info!(
             service = %config.service.name,
             version = %config.service.version,
             postgres = %postgres.target(),
             redis = %config.redis.redacted_addr(),
             kafka = %config.kafka.bootstrap_servers(),
+            topic = %config.kafka.topic,
             "rust-app built"
         );
         Ok(Application {
             listener,
-            router,
-            resources: Resources { postgres, metrics },
+            router: http::router(state),
+            workers: Workers { postgres, producer, consumer, handler: EventLogHandler::new(event_log), metrics },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
@@ -96,41 +110,71 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` resolves, then stops accepting, lets in-flight requests finish within
-    /// SHUTDOWN_TIMEOUT (abandoning them after it), and closes the pools.
+    /// Serves and consumes until `stop` resolves. Then, within SHUTDOWN_TIMEOUT: stops accepting and lets
+    /// in-flight requests finish (abandoning them when time runs out), stops the consumer (the record in hand
+    /// is finished and its offset committed), flushes the producer, closes the pools.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let address = self.local_addr()?;
+        let Application { listener, router, workers, shutdown_timeout } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let graceful = async move {
             let _ = stop_rx.wait_for(|stopping| *stopping).await;
         };
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let mut server =
-            tokio::spawn(axum::serve(self.listener, service).with_graceful_shutdown(graceful).into_future());
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let mut server = tokio::spawn(axum::serve(listener, service).with_graceful_shutdown(graceful).into_future());
+        let upkeep = spawn_metrics_upkeep(workers.metrics.clone());
+        let stop_consuming = CancellationToken::new();
+        let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);
         tracing::info!(%address, "listening");
-        let upkeep = spawn_metrics_upkeep(self.resources.metrics.clone());
 
         tokio::select! {
             ended = &mut server => {
+                upkeep.abort();
                 ended.context("HTTP server task failed")?.context("HTTP server failed")?;
                 anyhow::bail!("HTTP server stopped unexpectedly");
             }
             () = stop => {}
         }
-        tracing::info!(timeout = ?self.shutdown_timeout, "draining in-flight requests");
+        let deadline = Instant::now() + shutdown_timeout;
+        tracing::info!(timeout = ?shutdown_timeout, "draining in-flight requests");
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(self.shutdown_timeout, &mut server).await {
+        match tokio::time::timeout_at(deadline.into(), &mut server).await {
             Ok(ended) => ended.context("HTTP server task failed")?.context("HTTP server failed")?,
             Err(_) => {
-                tracing::warn!(timeout = ?self.shutdown_timeout, "requests still in flight after SHUTDOWN_TIMEOUT; abandoning them");
+                tracing::warn!(timeout = ?shutdown_timeout, "requests still in flight after SHUTDOWN_TIMEOUT; abandoning them");
                 server.abort();
             }
         }
+        stop_consuming.cancel();
+        if tokio::time::timeout(remaining(deadline), &mut consumer).await.is_err() {
+            tracing::warn!("the event consumer did not stop within SHUTDOWN_TIMEOUT; abandoning it");
+            consumer.abort();
+        }
+        if let Err(err) = workers.producer.flush(remaining(deadline)).await {
+            tracing::warn!(error = %err, "records still unacknowledged at shutdown");
+        }
         upkeep.abort();
-        self.resources.close().await;
+        if tokio::time::timeout(CLOSE_TIMEOUT, workers.postgres.close()).await.is_err() {
+            tracing::warn!("PostgreSQL pool did not close within {CLOSE_TIMEOUT:?}; leaving it");
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit.
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).max(MIN_STOP_TIME)
+}
+
+/// Consumes the event topic until `stop` is cancelled; closing the consumer is bounded by `close_timeout`.
+fn spawn_consumer(
+    consumer: KafkaConsumer,
+    handler: EventLogHandler,
+    stop: CancellationToken,
+    close_timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { consumer.consume_with_tracing(&handler, stop, close_timeout).await })
 }
 
 /// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays
@@ -145,11 +189,16 @@ fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> tokio::task::JoinHandle<()
     })
 }
 
-fn spawn_ensure_topic(kafka: KafkaClient, topic: String, timeout: Duration) {
+/// Creates the event topic and its dead-letter topic when missing (brokers may also auto-create them).
+fn spawn_ensure_topics(kafka: KafkaClient, config: &Config) {
+    let topics = [(config.kafka.topic.clone(), EVENT_TOPIC_PARTITIONS), (config.kafka.dlq_topic.clone(), 1)];
+    let timeout = config.kafka.dial_timeout;
     tokio::spawn(async move {
-        match kafka.ensure_topic(&topic, EVENT_TOPIC_PARTITIONS, timeout).await {
-            Ok(()) => tracing::debug!(%topic, "event topic present"),
-            Err(err) => tracing::warn!(%topic, error = %err, "cannot make sure the event topic exists"),
+        for (topic, partitions) in topics {
+            match kafka.ensure_topic(&topic, partitions, timeout).await {
+                Ok(()) => tracing::debug!(%topic, "topic present"),
+                Err(err) => tracing::warn!(%topic, error = %err, "cannot make sure the topic exists"),
+            }
         }
     });
 }

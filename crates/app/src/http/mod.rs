@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, shared state and error responses.
 
+mod events;
 mod health;
 pub mod observe;
 pub mod problem;
@@ -10,10 +11,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use infra::health::HealthRegistry;
+use infra::redis::RateLimiter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::events::{EventLog, EventPublisher};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -22,6 +26,12 @@ pub struct AppState {
     pub health: Arc<HealthRegistry>,
     /// Renders every metric of the process for `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Publishes events.
+    pub events: Arc<dyn EventPublisher>,
+    /// Recorded events.
+    pub event_log: Arc<dyn EventLog>,
+    /// Limits publications per client address.
+    pub publish_limiter: RateLimiter,
 }
 
 /// All routes with their middleware.
@@ -32,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/health/{component}", get(health::component))
         .route("/metrics", get(metrics))
+        .route("/events", post(events::publish))
+        .route("/events/{id}", get(events::find))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(CatchPanicLayer::custom(problem::panic_response))

@@ -24,8 +24,12 @@ pub struct TestApp {
 /// Starts the service on a random loopback port against the local stack, with `overrides` applied on top of
 /// the defaults. Every app gets its own Kafka topic unless the test names one.
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
-    let topic = unique("health-test");
-    let mut env: Vec<(String, String)> = vec![("KAFKA_TOPIC".into(), topic)];
+    let mut env: Vec<(String, String)> = vec![
+        ("KAFKA_TOPIC".into(), unique("app-test")),
+        ("KAFKA_CONSUMER_GROUP".into(), unique("app-test-group")),
+        // tansu makes a group join wait half the session timeout.
+        ("KAFKA_SESSION_TIMEOUT".into(), "6".into()),
+    ];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

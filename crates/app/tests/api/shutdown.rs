@@ -21,7 +21,14 @@ impl Drop for Running {
 async fn start(env: &[(&str, &str)], workdir: &TempDir) -> (Running, String) {
     let port = free_port().to_string();
     let topic = unique("shutdown-test");
-    let mut all = vec![("APP_HOST", "127.0.0.1"), ("APP_PORT", port.as_str()), ("KAFKA_TOPIC", topic.as_str())];
+    let group = unique("shutdown-group");
+    let mut all = vec![
+        ("APP_HOST", "127.0.0.1"),
+        ("APP_PORT", port.as_str()),
+        ("KAFKA_TOPIC", topic.as_str()),
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("KAFKA_SESSION_TIMEOUT", "6"),
+    ];
     all.extend_from_slice(env);
     let child = Running(
         binary(&all, &workdir.0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn rust-app"),

@@ -1,0 +1,164 @@
+//! Events: clients publish them over HTTP, the service's consumer records each one exactly once in the event
+//! log. The domain knows its ports ([`EventPublisher`], [`EventLog`]), not Kafka or PostgreSQL; the adapters
+//! in [`kafka`] and [`postgres`] implement them.
+
+pub mod kafka;
+pub mod postgres;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// The longest event type accepted.
+const MAX_TYPE_LEN: usize = 64;
+/// The longest key accepted (it becomes the Kafka record key).
+const MAX_KEY_LEN: usize = 128;
+/// The largest `data` accepted, serialized: well under Kafka's default 1 MB record limit.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// What kind of event: `user.created`. Lower-case letters, digits, `.`, `_`, `-`; 1–64 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventType(String);
+
+impl TryFrom<String> for EventType {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        let ok = (1..=MAX_TYPE_LEN).contains(&raw.len())
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        ok.then_some(EventType(raw))
+            .ok_or_else(|| format!("type must be 1 to {MAX_TYPE_LEN} characters of a-z, 0-9, '.', '_' or '-'"))
+    }
+}
+
+impl From<EventType> for String {
+    fn from(kind: EventType) -> String {
+        kind.0
+    }
+}
+
+impl EventType {
+    /// The type as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What the event is about (`user-42`): events with the same key are consumed in order. 1–128 visible
+/// characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventKey(String);
+
+impl TryFrom<String> for EventKey {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        let ok = (1..=MAX_KEY_LEN).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic());
+        ok.then_some(EventKey(raw)).ok_or_else(|| format!("key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))
+    }
+}
+
+impl From<EventKey> for String {
+    fn from(key: EventKey) -> String {
+        key.0
+    }
+}
+
+impl EventKey {
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An event as published and as carried in the record's value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id, assigned at publication; the event log's primary key.
+    pub id: uuid::Uuid,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// What it happened to.
+    pub key: EventKey,
+    /// Details, any JSON.
+    pub data: serde_json::Value,
+}
+
+/// Where a published event was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// The partition of the event topic.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+/// Where a consumed event came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+}
+
+/// An event as the event log holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoggedEvent {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Where it was consumed from.
+    pub origin: Origin,
+}
+
+/// A port failed; the message is for logs (it names the dependency, never credentials).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PortError(pub String);
+
+/// Publishes events to the event stream.
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Publishes `event` and waits until the stream acknowledged it.
+    async fn publish(&self, event: &Event) -> Result<Published, PortError>;
+}
+
+/// The durable record of consumed events.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Records `entry`; `false` when its id was already recorded (a redelivery).
+    async fn record(&self, entry: &LoggedEvent) -> Result<bool, PortError>;
+    /// The recorded event with this id.
+    async fn find(&self, id: uuid::Uuid) -> Result<Option<LoggedEvent>, PortError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_and_keys_parse_or_say_why_not() {
+        assert!(EventType::try_from("user.created".to_string()).is_ok());
+        assert!(EventType::try_from("User Created".to_string()).is_err());
+        assert!(EventType::try_from(String::new()).is_err());
+        assert!(EventKey::try_from("user-42".to_string()).is_ok());
+        assert!(EventKey::try_from("has space".to_string()).is_err());
+        assert!(EventKey::try_from("k".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn an_event_round_trips_through_json_with_its_type_field() {
+        let event = Event {
+            id: uuid::Uuid::new_v4(),
+            kind: EventType::try_from("user.created".to_string()).expect("type"),
+            key: EventKey::try_from("user-1".to_string()).expect("key"),
+            data: serde_json::json!({"name": "Ada"}),
+        };
+        let json = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(json["type"], "user.created");
+        assert_eq!(serde_json::from_value::<Event>(json).expect("parses"), event);
+    }
+}

@@ -1,0 +1,111 @@
+//! `POST /events` publishes an event; `GET /events/{id}` shows it once the consumer recorded it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use infra::redis::{Decision, Limit};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::problem::Problem;
+use crate::events::{Event, EventKey, EventType, MAX_DATA_BYTES};
+
+/// Publications admitted per client address: 50 per second on average, bursts of 100.
+pub const PUBLISH_LIMIT: Limit = Limit { rate: 50, period: Duration::from_secs(1), burst: 100 };
+
+/// The body of `POST /events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    #[serde(rename = "type")]
+    kind: EventType,
+    key: EventKey,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+/// Publishes the event and answers 202 with its id and place in the stream once Kafka acknowledged it.
+pub async fn publish(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: Result<Json<NewEvent>, JsonRejection>,
+) -> Response {
+    let decision = state.publish_limiter.check(&client.ip().to_string(), PUBLISH_LIMIT).await;
+    if !decision.allowed {
+        return rate_limited(decision);
+    }
+    let Json(new) = match body {
+        Ok(body) => body,
+        Err(rejection) => return invalid_body(&rejection),
+    };
+    if new.data.to_string().len() > MAX_DATA_BYTES {
+        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "event-too-large", "Event too large")
+            .detail(format!("data must serialize to at most {MAX_DATA_BYTES} bytes"))
+            .into_response();
+    }
+    let event = Event { id: uuid::Uuid::new_v4(), kind: new.kind, key: new.key, data: new.data };
+    match state.events.publish(&event).await {
+        Ok(published) => {
+            let body = json!({ "id": event.id, "partition": published.partition, "offset": published.offset });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "event not published");
+            let mut problem =
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
+                    .detail("the event stream did not acknowledge the event; it was not published, retry later");
+            problem.retry_after = Some(1);
+            problem.into_response()
+        }
+    }
+}
+
+/// The recorded event, or 404 while it is not (yet) recorded.
+pub async fn find(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<uuid::Uuid>() else {
+        return Problem::new(StatusCode::BAD_REQUEST, "invalid-id", "Invalid id")
+            .detail("id must be a UUID")
+            .into_response();
+    };
+    match state.event_log.find(id).await {
+        Ok(Some(logged)) => Json(logged).into_response(),
+        Ok(None) => Problem::new(StatusCode::NOT_FOUND, "event-not-found", "Event not found")
+            .detail("no event with this id has been recorded (yet)")
+            .into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "event log unavailable");
+            let mut problem =
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable");
+            problem.retry_after = Some(1);
+            problem.into_response()
+        }
+    }
+}
+
+fn invalid_body(rejection: &JsonRejection) -> Response {
+    let status = match rejection {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Problem::new(status, "invalid-body", "Invalid request body").detail(rejection.body_text()).into_response()
+}
+
+fn rate_limited(decision: Decision) -> Response {
+    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+        .detail(format!("at most {} events may be published at once; retry later", decision.limit));
+    problem.retry_after = Some(decision.retry_after.as_secs().max(1));
+    let mut response = problem.into_response();
+    response.headers_mut().insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    response.headers_mut().insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    response
+        .headers_mut()
+        .insert(header::HeaderName::from_static("ratelimit-reset"), HeaderValue::from(decision.reset.as_secs()));
+    response
+}
