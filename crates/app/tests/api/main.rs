@@ -2,6 +2,7 @@
 
 mod cli;
 mod dlq;
+mod events;
 mod health;
 mod helpers;
 mod migrations;
