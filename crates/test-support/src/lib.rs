@@ -2,6 +2,7 @@
 //! per-test databases on the shared stack, fake dependencies, and log capture. Never used by production code.
 
 pub mod fakes;
+pub mod otlp;
 pub mod postgres;
 
 use std::io::Write;

@@ -59,9 +59,9 @@ impl Handler for EventLogHandler {
         let entry = LoggedEvent { event, origin };
         let new = self.log.record(&entry).await.map_err(HandlerError::transient)?;
         if new {
-            tracing::info!(event.id = %entry.event.id, event.type = entry.event.kind.as_str(), "event recorded");
+            tracing::info!(event_id = %entry.event.id, event_type = entry.event.kind.as_str(), "event recorded");
         } else {
-            tracing::info!(event.id = %entry.event.id, "event already recorded (redelivery)");
+            tracing::info!(event_id = %entry.event.id, "event already recorded (redelivery)");
         }
         Ok(())
     }

@@ -82,9 +82,14 @@ impl PostgresConfig {
     /// Connection options from the DSN plus every per-connection setting (statement timeout, statement cache,
     /// CA certificate). Not `Debug`-printed anywhere: sqlx's options hold the password.
     pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, String> {
+        use sqlx::ConnectOptions;
         let mut options = sqlx::postgres::PgConnectOptions::from_str(self.dsn.expose_secret())
             .map_err(|_| "POSTGRES_DSN is not a valid PostgreSQL connection URL".to_string())?
-            .statement_cache_capacity(self.statement_cache_capacity);
+            .statement_cache_capacity(self.statement_cache_capacity)
+            // Statements are traced by this layer's own spans, and slow ones warned about with their duration.
+            // sqlx's own statement log is off: its `tracing::enabled!` probe, answered "no" by the log filter,
+            // left tracing-subscriber's per-layer filter state dirty and silenced the next event on the thread.
+            .disable_statement_logging();
         if !self.statement_timeout.is_zero() {
             let millis = self.statement_timeout.as_millis().to_string();
             options = options.options([("statement_timeout", millis)]);

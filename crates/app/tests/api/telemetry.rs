@@ -1,0 +1,176 @@
+//! Telemetry of the running binary: one trace from an HTTP request to the consumer's database write, exported
+//! over OTLP to an in-test receiver; log lines carrying the trace and request ids; an unreachable collector
+//! neither failing requests nor flooding the logs.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_support::otlp::{OtlpReceiver, ReceivedSpan};
+
+use crate::helpers::{TempDir, binary, free_port, unique};
+
+/// The binary, stopped and reaped when dropped.
+struct Service {
+    child: Child,
+    address: String,
+    _workdir: TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    /// Starts `rust-app serve` with its own topic and group and `env`, and waits until it answers.
+    async fn start(env: &[(&str, &str)]) -> Service {
+        let port = free_port().to_string();
+        let (topic, group) = (unique("telemetry"), unique("telemetry-group"));
+        let mut all = vec![
+            ("APP_HOST", "127.0.0.1"),
+            ("APP_PORT", port.as_str()),
+            ("KAFKA_TOPIC", topic.as_str()),
+            ("KAFKA_CONSUMER_GROUP", group.as_str()),
+            ("KAFKA_SESSION_TIMEOUT", "6"),
+            // The batch processor's standard knob: export every 100 ms instead of every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        all.extend_from_slice(env);
+        let workdir = TempDir::new();
+        let child = binary(&all, &workdir.0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let service = Service { child, address: format!("http://127.0.0.1:{port}"), _workdir: workdir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{}/livez", service.address)).await.is_ok_and(|r| r.status() == 200) {
+            assert!(Instant::now() < deadline, "rust-app did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        service
+    }
+
+    /// SIGTERM, wait for the exit (bounded), and return everything it printed.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "rust-app did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut text = String::new();
+        for stream in [self.child.stdout.take().map(read_all), self.child.stderr.take().map(read_all)] {
+            text.push_str(&stream.unwrap_or_default());
+        }
+        text
+    }
+}
+
+fn read_all(mut stream: impl std::io::Read) -> String {
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The JSON log lines of `logs` (the service logs JSON by default).
+fn json_lines(logs: &str) -> Vec<Value> {
+    logs.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// Polls `receiver` until `done` accepts the spans of `trace_id`, for at most `limit`.
+async fn spans_of(
+    receiver: &OtlpReceiver,
+    trace_id: &str,
+    done: impl Fn(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans: Vec<ReceivedSpan> = receiver.spans().into_iter().filter(|s| s.trace_id == trace_id).collect();
+        if done(&spans) || Instant::now() >= deadline {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], what: &str, matches: impl Fn(&ReceivedSpan) -> bool) -> &'a ReceivedSpan {
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    spans.iter().find(|s| matches(s)).unwrap_or_else(|| panic!("no {what} span among {names:?}"))
+}
+
+#[tokio::test]
+async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consumers_database_write() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let service =
+        Service::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "rust-app-e2e")])
+            .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request_id = unique("e2e-request");
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/events", service.address))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("x-request-id", &request_id)
+        .json(&serde_json::json!({"type": "user.created", "key": "user-1", "data": {"name": "Ada"}}))
+        .send()
+        .await
+        .expect("POST /events");
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], request_id.as_str());
+    let published: Value = response.json().await.expect("JSON");
+
+    let recorded =
+        |spans: &[ReceivedSpan]| spans.iter().any(|s| s.attributes.get("db.operation").is_some_and(|o| o == "INSERT"));
+    let spans = spans_of(&receiver, trace_id, recorded).await;
+    let server = find(&spans, "HTTP server", |s| s.name == "POST /events");
+    assert_eq!(server.parent_span_id, "00f067aa0ba902b7", "the caller's trace continues");
+    assert_eq!(server.attributes.get("http.route").map(String::as_str), Some("/events"));
+    assert_eq!(server.attributes.get("http.response.status_code").map(String::as_str), Some("202"));
+    assert_eq!(server.attributes.get("request_id"), Some(&request_id));
+    assert_eq!(server.service_name, "rust-app-e2e");
+    let redis = find(&spans, "Redis", |s| s.attributes.get("db.system").is_some_and(|v| v == "redis"));
+    let publish = find(&spans, "Kafka publish", |s| s.name.ends_with(" publish"));
+    let process = find(&spans, "Kafka process", |s| s.name.ends_with(" process"));
+    let insert = find(&spans, "PostgreSQL INSERT", |s| s.attributes.get("db.operation").is_some_and(|o| o == "INSERT"));
+    assert_eq!(redis.parent_span_id, server.span_id, "the rate limiter runs inside the request");
+    assert_eq!(publish.parent_span_id, server.span_id, "publishing runs inside the request");
+    assert_eq!(process.parent_span_id, publish.span_id, "the consumer continues the producer's span");
+    assert_eq!(insert.parent_span_id, process.span_id, "the event log write runs inside the processing");
+    assert_eq!(process.attributes.get("correlation_id"), Some(&request_id), "the request id travels as correlation id");
+    assert_eq!(
+        process.attributes.get("messaging.kafka.message.offset").map(String::as_str),
+        Some(published["offset"].to_string().as_str())
+    );
+
+    let logs = service.stop().await;
+    let lines = json_lines(&logs);
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "request finished" && l["span"]["request_id"] == request_id.as_str())
+        .unwrap_or_else(|| panic!("no request log line:\n{logs}"));
+    assert_eq!(finished["trace_id"], trace_id);
+    assert_eq!(finished["service.name"], "rust-app-e2e");
+    let consumed =
+        lines.iter().find(|l| l["message"] == "event recorded").unwrap_or_else(|| panic!("no consumer log:\n{logs}"));
+    assert_eq!(consumed["trace_id"], trace_id, "the consumer's log line belongs to the request's trace");
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_fails_no_request_and_is_reported_once() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let service =
+        Service::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str()), ("OTEL_EXPORTER_OTLP_TIMEOUT", "1")]).await;
+    let client = reqwest::Client::new();
+    for n in 0..30 {
+        let response = client.get(format!("{}/livez", service.address)).send().await.expect("request");
+        assert_eq!(response.status(), 200, "request {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several export rounds (every 100 ms) have failed by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = service.stop().await;
+    assert_eq!(logs.matches("cannot export traces").count(), 1, "reported once:\n{logs}");
+}
