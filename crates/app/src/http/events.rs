@@ -34,15 +34,15 @@ pub struct NewEvent {
 pub async fn publish(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    body: Result<Json<NewEvent>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
     let decision = state.publish_limiter.check(&client.ip().to_string(), PUBLISH_LIMIT).await;
     if !decision.allowed {
         return rate_limited(decision);
     }
-    let Json(new) = match body {
-        Ok(body) => body,
-        Err(rejection) => return invalid_body(&rejection),
+    let new = match body.map_err(|rejection| invalid_body(&rejection)).and_then(|Json(body)| parse_event(body)) {
+        Ok(new) => new,
+        Err(response) => return response,
     };
     if new.data.to_string().len() > MAX_DATA_BYTES {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "event-too-large", "Event too large")
@@ -59,7 +59,7 @@ pub async fn publish(
             tracing::warn!(error = %err, "event not published");
             let mut problem =
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
-                    .detail("the event stream did not acknowledge the event; it was not published, retry later");
+                    .detail("the event stream did not acknowledge the event in time; it may or may not have been stored, retry later");
             problem.retry_after = Some(1);
             problem.into_response()
         }
@@ -88,10 +88,25 @@ pub async fn find(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
+/// The event in `body`, which must be a JSON object (serde would also fill a struct from an array).
+fn parse_event(body: serde_json::Value) -> Result<NewEvent, Response> {
+    let unprocessable = |detail: String| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body")
+            .detail(detail)
+            .into_response()
+    };
+    if !body.is_object() {
+        return Err(unprocessable("the body must be a JSON object with type, key and data".to_string()));
+    }
+    serde_json::from_value(body).map_err(|err| unprocessable(err.to_string()))
+}
+
+/// 415 without a JSON content type, 413 over the body limit, 400 for malformed JSON.
 fn invalid_body(rejection: &JsonRejection) -> Response {
     let status = match rejection {
         JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        other if other.status().is_client_error() => other.status(),
         _ => StatusCode::BAD_REQUEST,
     };
     Problem::new(status, "invalid-body", "Invalid request body").detail(rejection.body_text()).into_response()

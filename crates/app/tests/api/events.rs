@@ -112,6 +112,7 @@ async fn bad_input_is_a_problem_json_4xx_never_a_500() {
         ("key with a space", json!({"type": "user.created", "key": "user 1"})),
         ("key too long", json!({"type": "user.created", "key": "k".repeat(129)})),
         ("missing key", json!({"type": "user.created"})),
+        ("not an object", json!(["user.created", "user-1"])),
     ];
     for (case, body) in unprocessable {
         assert_problem(post_event(&app, &body).await, 422, "invalid-body", case).await;
@@ -119,6 +120,11 @@ async fn bad_input_is_a_problem_json_4xx_never_a_500() {
 
     let big = json!({"type": "user.created", "key": "user-1", "data": {"blob": "x".repeat(70 * 1024)}});
     assert_problem(post_event(&app, &big).await, 413, "event-too-large", "data over 64 KiB").await;
+
+    let huge = format!(r#"{{"type": "user.created", "key": "user-1", "data": "{}"}}"#, "x".repeat(3 * 1024 * 1024));
+    let response =
+        app.client.post(&url).header("content-type", "application/json").body(huge).send().await.expect("sent");
+    assert_problem(response, 413, "invalid-body", "body over the 2 MB limit").await;
 
     let body = assert_problem(app.get("/events/not-a-uuid").await, 400, "invalid-id", "id not a UUID").await;
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("UUID")), "{body}");
