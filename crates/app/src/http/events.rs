@@ -40,9 +40,14 @@ pub async fn publish(
     if !decision.allowed {
         return rate_limited(decision);
     }
-    let new = match body.map_err(|rejection| invalid_body(&rejection)).and_then(|Json(body)| parse_event(body)) {
-        Ok(new) => new,
-        Err(response) => return response,
+    let new = match body.map(|Json(body)| parse_event(body)) {
+        Ok(Ok(new)) => new,
+        Ok(Err(detail)) => {
+            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body")
+                .detail(detail)
+                .into_response();
+        }
+        Err(rejection) => return invalid_body(&rejection),
     };
     if new.data.to_string().len() > MAX_DATA_BYTES {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "event-too-large", "Event too large")
@@ -88,17 +93,13 @@ pub async fn find(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
-/// The event in `body`, which must be a JSON object (serde would also fill a struct from an array).
-fn parse_event(body: serde_json::Value) -> Result<NewEvent, Response> {
-    let unprocessable = |detail: String| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body")
-            .detail(detail)
-            .into_response()
-    };
+/// The event in `body`, which must be a JSON object (serde would also fill a struct from an array); else why
+/// not.
+fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
     if !body.is_object() {
-        return Err(unprocessable("the body must be a JSON object with type, key and data".to_string()));
+        return Err("the body must be a JSON object with type, key and data".to_string());
     }
-    serde_json::from_value(body).map_err(|err| unprocessable(err.to_string()))
+    serde_json::from_value(body).map_err(|err| err.to_string())
 }
 
 /// 415 without a JSON content type, 413 over the body limit, 400 for malformed JSON.
