@@ -5,6 +5,7 @@ mod dlq;
 mod events;
 mod health;
 mod helpers;
+mod metrics;
 mod migrations;
 mod shutdown;
 mod telemetry;

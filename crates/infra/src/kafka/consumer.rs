@@ -194,6 +194,7 @@ impl KafkaConsumer {
             .create_with_context(StateContext { state: state.clone() })
             .map_err(ConsumeError::Start)?;
         consumer.subscribe(&[&config.topic]).map_err(ConsumeError::Start)?;
+        metrics::register_consumer(&config.topic);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.retry_backoff)
             .with_max_delay(MAX_RETRY_DELAY)

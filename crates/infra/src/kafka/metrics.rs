@@ -28,6 +28,21 @@ pub mod names {
     pub const ASSIGNED_PARTITIONS: &str = "kafka_consumer_assigned_partitions";
 }
 
+/// Registers the producer's series for `topic` at zero, so dashboards and alerts see them before the first
+/// record (a `rate()` over a missing series is empty, not zero).
+pub(crate) fn register_producer(topic: &str) {
+    counter!(names::PRODUCED, "topic" => topic.to_string()).increment(0);
+    counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(0);
+}
+
+/// Registers the consumer's series for `topic` at zero (see [`register_producer`]).
+pub(crate) fn register_consumer(topic: &str) {
+    for name in [names::CONSUMED, names::HANDLER_FAILURES, names::DEAD_LETTERED] {
+        counter!(name, "topic" => topic.to_string()).increment(0);
+    }
+    gauge!(names::ASSIGNED_PARTITIONS).set(0.0);
+}
+
 pub(crate) fn delivered(topic: &str, elapsed: Duration) {
     counter!(names::PRODUCED, "topic" => topic.to_string()).increment(1);
     histogram!(names::DELIVERY_DURATION, "topic" => topic.to_string()).record(elapsed.as_secs_f64());

@@ -83,6 +83,7 @@ impl KafkaProducer {
             .set("delivery.timeout.ms", config.delivery_timeout.as_millis().to_string())
             .create()
             .map_err(ProduceError::Config)?;
+        metrics::register_producer(&config.topic);
         Ok(KafkaProducer { producer: Arc::new(producer), delivery_timeout: config.delivery_timeout })
     }
 

@@ -71,6 +71,10 @@ pub(crate) struct StatementMetrics {
 impl StatementMetrics {
     pub(crate) fn new() -> Self {
         let operations = &crate::postgres::statement::OPERATIONS;
+        // The failure kinds at zero from the start (SQLSTATE classes appear when they happen).
+        for class in ["unavailable", "pool_exhausted"] {
+            counter!(names::ERRORS, "class" => class).increment(0);
+        }
         StatementMetrics { durations: OutcomeHistograms::new(names::QUERY_DURATION, "operation", operations) }
     }
 

@@ -43,6 +43,9 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// A cache storing JSON values in `redis`.
     pub fn new(redis: RedisClient) -> Self {
+        for result in ["hit", "miss", "error", "bypass"] {
+            counter!(names::LOOKUPS, "result" => result).increment(0);
+        }
         Cache { redis, in_flight: Arc::new(Mutex::new(HashMap::new())), jitter: RandomState::new() }
     }
 

@@ -23,6 +23,9 @@ pub mod names {
 /// The commands this client sends: the `command` label's whole range.
 pub(crate) const COMMANDS: [&str; 8] = ["GET", "SET", "DEL", "MGET", "INCRBY", "PEXPIRE", "PING", "EVAL gcra"];
 
+/// The `kind` label's whole range.
+const ERROR_KINDS: [&str; 4] = ["unavailable", "circuit_open", "command", "conversion"];
+
 #[derive(Clone)]
 pub(crate) struct RedisMetrics {
     breaker: Gauge,
@@ -32,6 +35,13 @@ pub(crate) struct RedisMetrics {
 impl RedisMetrics {
     pub(crate) fn new() -> Self {
         let durations = OutcomeHistograms::new(names::COMMAND_DURATION, "command", &COMMANDS);
+        // Every series at zero from the start: alerts and dashboards see "no errors", not "no data".
+        for kind in ERROR_KINDS {
+            counter!(names::ERRORS, "kind" => kind).increment(0);
+        }
+        for command in COMMANDS {
+            counter!(names::RETRIES, "command" => command).increment(0);
+        }
         RedisMetrics { breaker: gauge!(names::BREAKER_STATE), durations }
     }
 

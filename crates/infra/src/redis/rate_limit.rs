@@ -90,6 +90,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter storing its state under `{prefix}:{key}`.
     pub fn new(redis: RedisClient, prefix: impl Into<String>, when_unavailable: WhenUnavailable) -> Self {
+        for decision in ["allowed", "limited", "fail_open", "fail_closed"] {
+            counter!(DECISIONS, "decision" => decision).increment(0);
+        }
         RateLimiter { redis, prefix: prefix.into(), when_unavailable }
     }
 
