@@ -144,3 +144,20 @@ async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_l
     );
     app.stop().await;
 }
+
+#[test]
+fn every_metric_the_alert_rules_use_is_documented() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prometheus/alerts.yml"))
+        .expect("alert rules");
+    let documented = documented_families();
+    let mut used = BTreeSet::new();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if ["postgres_", "redis_", "kafka_", "http_"].iter().any(|prefix| word.starts_with(prefix)) {
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
+            used.insert(family.to_string());
+        }
+    }
+    assert!(used.len() >= 10, "the rules use the service's metrics: {used:?}");
+    let undocumented: Vec<&String> = used.iter().filter(|name| !documented.contains(name)).collect();
+    assert!(undocumented.is_empty(), "alert rules use undocumented metrics: {undocumented:?}");
+}
