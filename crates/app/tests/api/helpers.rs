@@ -101,3 +101,89 @@ pub fn binary(env: &[(&str, &str)], workdir: &std::path::Path) -> Command {
     command.envs(env.iter().copied());
     command
 }
+
+/// `rust-app serve` running as a process of its own on a free loopback port, with its own Kafka topic and
+/// consumer group; killed and reaped if the test ends before it exited.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub address: String,
+    _workdir: TempDir,
+}
+
+impl ServeProcess {
+    /// Starts the binary with `env` on top of the test defaults and waits until it answers `/livez`.
+    pub async fn start(env: &[(&str, &str)]) -> ServeProcess {
+        let port = free_port().to_string();
+        let (topic, group) = (unique("serve-test"), unique("serve-test-group"));
+        let mut all = vec![
+            ("APP_HOST", "127.0.0.1"),
+            ("APP_PORT", port.as_str()),
+            ("KAFKA_TOPIC", topic.as_str()),
+            ("KAFKA_CONSUMER_GROUP", group.as_str()),
+            // tansu makes a group join wait half the session timeout.
+            ("KAFKA_SESSION_TIMEOUT", "6"),
+        ];
+        all.extend_from_slice(env);
+        let workdir = TempDir::new();
+        let child = binary(&all, &workdir.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn rust-app");
+        let process = ServeProcess { child, address: format!("http://127.0.0.1:{port}"), _workdir: workdir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{}/livez", process.address)).await.is_ok_and(|r| r.status() == 200) {
+            assert!(Instant::now() < deadline, "rust-app did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, bounded: a shutdown that hangs fails the test instead of hanging it.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "rust-app did not exit within {limit:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything it printed (stdout, then stderr); call after it exited.
+    pub fn output(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut text);
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// SIGTERM, the exit (within 20 s), and everything it printed.
+    pub async fn stop(mut self) -> String {
+        self.terminate();
+        self.wait_exit(Duration::from_secs(20)).await;
+        self.output()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -2,76 +2,15 @@
 //! over OTLP to an in-test receiver; log lines carrying the trace and request ids; an unreachable collector
 //! neither failing requests nor flooding the logs.
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use test_support::otlp::{OtlpReceiver, ReceivedSpan};
 
-use crate::helpers::{TempDir, binary, free_port, unique};
+use crate::helpers::{ServeProcess, free_port, unique};
 
-/// The binary, stopped and reaped when dropped.
-struct Service {
-    child: Child,
-    address: String,
-    _workdir: TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Service {
-    /// Starts `rust-app serve` with its own topic and group and `env`, and waits until it answers.
-    async fn start(env: &[(&str, &str)]) -> Service {
-        let port = free_port().to_string();
-        let (topic, group) = (unique("telemetry"), unique("telemetry-group"));
-        let mut all = vec![
-            ("APP_HOST", "127.0.0.1"),
-            ("APP_PORT", port.as_str()),
-            ("KAFKA_TOPIC", topic.as_str()),
-            ("KAFKA_CONSUMER_GROUP", group.as_str()),
-            ("KAFKA_SESSION_TIMEOUT", "6"),
-            // The batch processor's standard knob: export every 100 ms instead of every 5 s.
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ];
-        all.extend_from_slice(env);
-        let workdir = TempDir::new();
-        let child = binary(&all, &workdir.0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-        let service = Service { child, address: format!("http://127.0.0.1:{port}"), _workdir: workdir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(format!("{}/livez", service.address)).await.is_ok_and(|r| r.status() == 200) {
-            assert!(Instant::now() < deadline, "rust-app did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        service
-    }
-
-    /// SIGTERM, wait for the exit (bounded), and return everything it printed.
-    async fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "rust-app did not exit after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut text = String::new();
-        for stream in [self.child.stdout.take().map(read_all), self.child.stderr.take().map(read_all)] {
-            text.push_str(&stream.unwrap_or_default());
-        }
-        text
-    }
-}
-
-fn read_all(mut stream: impl std::io::Read) -> String {
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
-}
+/// The batch processor's standard knob: export every 100 ms instead of every 5 s.
+const EXPORT_OFTEN: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
 
 /// The JSON log lines of `logs` (the service logs JSON by default).
 fn json_lines(logs: &str) -> Vec<Value> {
@@ -103,9 +42,8 @@ fn find<'a>(spans: &'a [ReceivedSpan], what: &str, matches: impl Fn(&ReceivedSpa
 async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consumers_database_write() {
     let receiver = OtlpReceiver::start().await;
     let endpoint = receiver.endpoint();
-    let service =
-        Service::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "rust-app-e2e")])
-            .await;
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "rust-app-e2e"), EXPORT_OFTEN];
+    let service = ServeProcess::start(&env).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let request_id = unique("e2e-request");
 
@@ -161,8 +99,8 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
 #[tokio::test]
 async fn an_unreachable_collector_fails_no_request_and_is_reported_once() {
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let service =
-        Service::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str()), ("OTEL_EXPORTER_OTLP_TIMEOUT", "1")]).await;
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str()), ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"), EXPORT_OFTEN];
+    let service = ServeProcess::start(&env).await;
     let client = reqwest::Client::new();
     for n in 0..30 {
         let response = client.get(format!("{}/livez", service.address)).send().await.expect("request");
