@@ -31,6 +31,15 @@ async fn everything_up_against_the_local_stack() {
     assert_eq!(app.get_json("/livez").await, (200, serde_json::json!({"status": "up"})));
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!((status, status_of(&body)), (200, "up"), "{body}");
+
+    // The service's consumer joins its group and owns every partition of its topic.
+    let member =
+        |_: u16, b: &Value| b["details"]["consumer"]["assigned_partitions"].as_array().is_some_and(|p| p.len() == 3);
+    let (_, body) = app.eventually("/health/kafka", Duration::from_secs(30), member).await;
+    let consumer = &body["details"]["consumer"];
+    assert_eq!(consumer["member"], true, "{body:#}");
+    assert_eq!(consumer["assigned_partitions"], serde_json::json!([0, 1, 2]), "{body:#}");
+    assert_eq!(consumer["total_lag"], 0, "{body:#}");
     app.stop().await;
 }
 
