@@ -161,6 +161,7 @@ pub struct KafkaConsumer {
     max_retries: u32,
     backoff: ExponentialBuilder,
     state: ConsumerState,
+    metrics: metrics::ConsumerMetrics,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -194,7 +195,6 @@ impl KafkaConsumer {
             .create_with_context(StateContext { state: state.clone() })
             .map_err(ConsumeError::Start)?;
         consumer.subscribe(&[&config.topic]).map_err(ConsumeError::Start)?;
-        metrics::register_consumer(&config.topic);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.retry_backoff)
             .with_max_delay(MAX_RETRY_DELAY)
@@ -208,6 +208,7 @@ impl KafkaConsumer {
             max_retries: config.max_retries,
             backoff,
             state,
+            metrics: metrics::ConsumerMetrics::new(&config.topic),
         })
     }
 
@@ -269,7 +270,7 @@ impl KafkaConsumer {
         if let Some(id) = &correlation {
             span.record("correlation_id", id.as_ref());
         }
-        metrics::consumed(&record.topic);
+        self.metrics.consumed();
         let started = Instant::now();
         let attempts = self.attempts(handler, record, shutdown).instrument(span.clone());
         let outcome = match correlation {
@@ -293,7 +294,7 @@ impl KafkaConsumer {
             Attempts::Interrupted => (Outcome::Interrupted, false),
         };
         if matches!(outcome, Outcome::Done) {
-            metrics::processed(&record.topic, started.elapsed(), dead_lettered);
+            self.metrics.processed(started.elapsed(), dead_lettered);
         }
         outcome
     }
@@ -307,7 +308,7 @@ impl KafkaConsumer {
                 Ok(()) => return Attempts::Handled(attempts),
                 Err(error) => error,
             };
-            metrics::handler_failed(&record.topic);
+            self.metrics.handler_failed();
             let delay = if error.is_permanent() { None } else { delays.next() };
             let Some(delay) = delay else { return Attempts::Failed { attempts, error } };
             tracing::warn!(

@@ -33,6 +33,7 @@ pub struct ConsumerSnapshot {
 #[derive(Default)]
 struct Inner {
     snapshot: ConsumerSnapshot,
+    lag_gauges: metrics::LagGauges,
     /// The high watermark of each partition, from the latest statistics.
     high: BTreeMap<i32, i64>,
 }
@@ -57,8 +58,9 @@ impl ConsumerState {
     pub(crate) fn assigned(&self, partitions: Vec<i32>) {
         let mut inner = self.lock();
         let topic = inner.snapshot.topic.clone();
-        for gone in inner.snapshot.lag.keys().filter(|p| !partitions.contains(p)) {
-            metrics::lag(&topic, *gone, 0);
+        let gone: Vec<i32> = inner.snapshot.lag.keys().copied().filter(|p| !partitions.contains(p)).collect();
+        for partition in gone {
+            inner.lag_gauges.set(&topic, partition, 0);
         }
         inner.snapshot.lag.retain(|p, _| partitions.contains(p));
         inner.high.retain(|p, _| partitions.contains(p));
@@ -88,7 +90,7 @@ impl ConsumerState {
             let lag = (p.hi_offset - position.unwrap_or(0)).max(0);
             inner.high.insert(id, p.hi_offset);
             inner.snapshot.lag.insert(id, lag);
-            metrics::lag(&topic, id, lag);
+            inner.lag_gauges.set(&topic, id, lag);
         }
         inner.total();
     }
@@ -100,7 +102,8 @@ impl ConsumerState {
         inner.high.insert(partition, high);
         let lag = high - (offset + 1);
         inner.snapshot.lag.insert(partition, lag);
-        metrics::lag(&inner.snapshot.topic, partition, lag);
+        let Inner { snapshot, lag_gauges, .. } = &mut *inner;
+        lag_gauges.set(&snapshot.topic, partition, lag);
         inner.total();
     }
 
