@@ -261,3 +261,72 @@ async fn a_send_to_an_unreachable_broker_fails_with_a_timeout_within_the_deliver
     assert!(started.elapsed() < Duration::from_secs(10), "bounded by KAFKA_DELIVERY_TIMEOUT: {:?}", started.elapsed());
     producer.flush(Duration::from_millis(100)).await.expect("nothing left to flush");
 }
+
+/// Holds the record whose value is `block` until released; records everything it handles.
+#[derive(Clone)]
+struct Gated {
+    recorder: Recorder,
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl Handler for Gated {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        if record.value.as_deref() == Some(b"block".as_slice()) {
+            self.entered.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.map_err(HandlerError::transient)?;
+        }
+        self.recorder.handle(record).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_stays_current_while_a_handler_call_hangs_and_nothing_is_skipped_or_reordered() {
+    let config = topic(3, &[]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    produce(&producer, &config.topic, "key-0", "block").await;
+    let handler = Gated {
+        recorder: Recorder::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        entered: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let consumer = KafkaConsumer::new(&config, producer.clone()).expect("consumer");
+    let state = consumer.state();
+    let stop = CancellationToken::new();
+    let (running, token) = (handler.clone(), stop.clone());
+    let task =
+        tokio::spawn(async move { consumer.consume_with_tracing(&running, token, Duration::from_secs(10)).await });
+    let entered =
+        eventually(Duration::from_secs(30), async || handler.entered.load(std::sync::atomic::Ordering::SeqCst)).await;
+    assert!(entered, "the blocking record reached the handler");
+
+    // While the handler hangs, 20 more records arrive, some behind the blocked one on its partition.
+    for n in 0..20 {
+        produce(&producer, &config.topic, &format!("key-{}", n % 4), &format!("key-{}:{n}", n % 4)).await;
+    }
+    let current = eventually(Duration::from_secs(20), async || state.snapshot().total_lag == 21).await;
+    assert!(current, "lag follows the backlog while the handler hangs: {:?}", state.snapshot());
+    assert_eq!(handler.recorder.count(), 0, "nothing handled while the first record is in hand");
+
+    handler.gate.add_permits(1);
+    let drained = eventually(Duration::from_secs(30), async || handler.recorder.count() == 21).await;
+    assert!(drained, "handled {}", handler.recorder.count());
+    let values = handler.recorder.values();
+    assert_eq!(values[0], "block", "the record in hand finishes first");
+    for key in 0..4 {
+        let ns: Vec<u32> =
+            values.iter().filter_map(|v| v.strip_prefix(&format!("key-{key}:")).and_then(|n| n.parse().ok())).collect();
+        assert_eq!(ns.len(), 5, "key-{key}: {values:?}");
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "key-{key} reordered: {ns:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || state.snapshot().total_lag == 0).await,
+        "{:?}",
+        state.snapshot()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handler.recorder.count(), 21, "no record handled twice");
+    stop.cancel();
+    task.await.expect("task");
+}

@@ -7,17 +7,18 @@
 //! records after it — for at most KAFKA_MAX_RETRIES backoffs, after which it goes to the dead-letter topic and
 //! consumption moves on.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -225,25 +226,83 @@ impl KafkaConsumer {
         shutdown: CancellationToken,
         close_timeout: Duration,
     ) {
+        // Records polled while a slow handler call ran (see `process_polling`), handled next, in order.
+        let mut polled = VecDeque::new();
         loop {
-            let message = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                message = self.consumer.recv() => message,
-            };
-            let record = match message {
-                Ok(message) => Record::from_message(&message),
-                Err(err) => {
-                    tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
-                    continue;
+            let record = match polled.pop_front() {
+                Some(record) => record,
+                None => {
+                    let message = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        message = self.consumer.recv() => message,
+                    };
+                    match message {
+                        Ok(message) => Record::from_message(&message),
+                        Err(err) => {
+                            tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
+                            continue;
+                        }
+                    }
                 }
             };
-            match self.process(handler, &record, &shutdown).await {
+            let (outcome, more) = self.process_polling(handler, &record, &shutdown).await;
+            polled.extend(more);
+            match outcome {
                 Outcome::Done => self.store_offset(&record),
                 Outcome::Interrupted => break,
             }
         }
         self.close(close_timeout).await;
+    }
+
+    /// Runs `process` while librdkafka's callbacks keep being served. They are served only while the consumer
+    /// polls, so a handler call that outlasts a statistics interval would freeze the lag and group state (and
+    /// delay rebalances). Past that interval, fetching is paused and polling goes on alongside the handler;
+    /// a record polled meanwhile (from a partition assigned in between) pauses its partition too and is
+    /// returned, to be handled next. Resuming restarts each partition after the last record polled from it,
+    /// so nothing is skipped or reordered.
+    async fn process_polling(
+        &self,
+        handler: &dyn Handler,
+        record: &Record,
+        shutdown: &CancellationToken,
+    ) -> (Outcome, Vec<Record>) {
+        let work = self.process(handler, record, shutdown);
+        tokio::pin!(work);
+        if let Ok(outcome) = tokio::time::timeout(STATS_AND_COMMIT_EVERY, &mut work).await {
+            return (outcome, Vec::new());
+        }
+        let mut paused = self.consumer.assignment().unwrap_or_default();
+        self.pause(&paused);
+        let mut polled = Vec::new();
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let record = Record::from_message(&message);
+                        let mut partition = TopicPartitionList::new();
+                        partition.add_partition(&record.topic, record.partition);
+                        self.pause(&partition);
+                        paused.add_partition(&record.topic, record.partition);
+                        polled.push(record);
+                    }
+                    Err(err) => tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error"),
+                },
+            }
+        };
+        if let Err(err) = self.consumer.resume(&paused) {
+            // A partition revoked meanwhile cannot be resumed; its new assignment starts unpaused anyway.
+            tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "cannot resume every paused partition");
+        }
+        (outcome, polled)
+    }
+
+    fn pause(&self, partitions: &TopicPartitionList) {
+        if let Err(err) = self.consumer.pause(partitions) {
+            tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "cannot pause partitions");
+        }
     }
 
     /// Handles one record: attempts with backoff, then the dead-letter topic.
