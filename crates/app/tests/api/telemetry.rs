@@ -99,7 +99,14 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
 #[tokio::test]
 async fn an_unreachable_collector_fails_no_request_and_is_reported_once() {
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str()), ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"), EXPORT_OFTEN];
+    let token = "0tlp-t0ken-must-not-leak";
+    let headers = format!("authorization=Bearer%20{token}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
+        EXPORT_OFTEN,
+    ];
     let service = ServeProcess::start(&env).await;
     let client = reqwest::Client::new();
     for n in 0..30 {
@@ -111,4 +118,5 @@ async fn an_unreachable_collector_fails_no_request_and_is_reported_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let logs = service.stop().await;
     assert_eq!(logs.matches("cannot export traces").count(), 1, "reported once:\n{logs}");
+    assert!(!logs.contains(token), "the exporter's credentials reached the logs:\n{logs}");
 }
