@@ -28,6 +28,8 @@
 //! recorder (`infra::telemetry::prometheus::install`) installed, so infra's spans and metrics are what is
 //! measured (no OpenTelemetry layer: its spans have no trace context, so no `traceparent` is added).
 
+mod common;
+
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +44,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use test_support::unique;
 use tokio_util::sync::CancellationToken;
@@ -299,7 +301,7 @@ async fn consume(side: Side, config: &KafkaConfig, n: usize) -> Duration {
                     match message {
                         Ok(message) => {
                             if read {
-                                std::hint::black_box(detach(&message));
+                                std::hint::black_box(Record::from_message(&message));
                             }
                             counter.count();
                             let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
@@ -324,25 +326,6 @@ async fn consume(side: Side, config: &KafkaConfig, n: usize) -> Duration {
     counter.elapsed()
 }
 
-/// What infra hands its handler: the record copied out of librdkafka, headers parsed.
-fn detach(message: &BorrowedMessage<'_>) -> Record {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
-        })
-        .unwrap_or_default();
-    Record {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp: message.timestamp().to_millis(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        headers,
-    }
-}
-
 /// A side's records and time over the rounds.
 #[derive(Default)]
 struct Total {
@@ -362,28 +345,11 @@ impl Total {
     }
 }
 
-/// BENCH_TELEMETRY: `json` (default: the service's own log layer at INFO, output discarded), `registry`, `off`.
-fn install_subscriber() -> String {
-    use tracing_subscriber::layer::SubscriberExt;
-    let mode = std::env::var("BENCH_TELEMETRY").unwrap_or_else(|_| "json".into());
-    let info = || tracing_subscriber::EnvFilter::new("info");
-    let result =
-        match mode.as_str() {
-            "off" => return mode,
-            "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
-            _ => tracing::subscriber::set_global_default(
-                tracing_subscriber::registry().with(infra::telemetry::log_layer(None, info(), std::io::sink)),
-            ),
-        };
-    result.expect("subscriber");
-    mode
-}
-
 fn main() {
     let messages = env_usize("BENCH_MESSAGES", 50_000);
     let rounds = env_usize("BENCH_ROUNDS", 4).max(1);
     let window = env_usize("BENCH_WINDOW", 256).max(1);
-    let telemetry = install_subscriber();
+    let telemetry = common::install_subscriber();
     let metrics = std::env::var("BENCH_METRICS").unwrap_or_else(|_| "prometheus".into());
     if metrics != "off" {
         let prometheus = infra::telemetry::prometheus::install().expect("recorder");

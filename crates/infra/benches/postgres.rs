@@ -13,6 +13,8 @@
 //! recorder, so the cost of our spans and metrics is what is measured (BENCH_TELEMETRY=registry: a bare
 //! span registry; off: no subscriber).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -111,27 +113,9 @@ async fn paired(
     (per_second(raw_time), per_second(infra_time))
 }
 
-/// BENCH_TELEMETRY: `json` (default: the service's own log layer at INFO, output discarded), `registry`
-/// (spans created and tracked, nothing formats them: what an OpenTelemetry layer sees first), `off`.
-fn install_subscriber() -> String {
-    use tracing_subscriber::layer::SubscriberExt;
-    let mode = std::env::var("BENCH_TELEMETRY").unwrap_or_else(|_| "json".into());
-    let info = || tracing_subscriber::EnvFilter::new("info");
-    let result =
-        match mode.as_str() {
-            "off" => return mode,
-            "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
-            _ => tracing::subscriber::set_global_default(
-                tracing_subscriber::registry().with(infra::telemetry::log_layer(None, info(), std::io::sink)),
-            ),
-        };
-    result.expect("subscriber");
-    mode
-}
-
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
-    let telemetry = install_subscriber();
+    let telemetry = common::install_subscriber();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder");
     // As a scrape does in production: drain histogram samples so they do not pile up.
     std::thread::spawn(move || {

@@ -63,7 +63,9 @@ impl Record {
         self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
     }
 
-    pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
+    /// Copies a message out of librdkafka (headers parsed): what the handler gets. Public so code driving its
+    /// own rdkafka consumer (the benchmark's raw side) can pay exactly the same cost.
+    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let headers = message
             .headers()
             .map(|headers| {
