@@ -185,10 +185,13 @@ fn kubernetes_manifests_probe_the_right_endpoints_and_keep_secrets_out_of_the_co
     assert!(!container["resources"]["requests"]["memory"].is_badvalue(), "resource requests");
     let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().expect("a preStop sleep");
     let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds");
-    let shutdown = config.server.shutdown_timeout.as_secs() as i64;
+    // The service's worst case: SHUTDOWN_TIMEOUT, plus the 1 s each of the consumer, the producer and the pool
+    // get past it, plus the trace flush.
+    let shutdown = config.server.shutdown_timeout.as_secs() as i64 + 3;
+    let flush = config.service.otlp.as_ref().map_or(1, |otlp| otlp.timeout.as_secs() as i64);
     assert!(
-        grace > shutdown + pre_stop,
-        "grace {grace}s must exceed SHUTDOWN_TIMEOUT {shutdown}s + preStop {pre_stop}s"
+        grace > pre_stop + shutdown + flush,
+        "grace {grace}s must exceed preStop {pre_stop}s + shutdown {shutdown}s + trace flush {flush}s"
     );
     let env_from: Vec<String> = container["envFrom"]
         .as_vec()
