@@ -9,6 +9,9 @@ use infra::config::{Config, EXIT_CONFIG};
 use infra::telemetry::{LogOutput, TelemetryError, TelemetryGuard};
 use tokio::runtime::Runtime;
 
+/// How long the exiting process waits for tasks still running on the runtime's blocking pool.
+const RUNTIME_EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load() {
@@ -77,6 +80,9 @@ fn serve(config: Config) -> ExitCode {
         app.run_until_stopped(shutdown::signal()).await
     });
     telemetry.shutdown();
+    // Dropping the runtime would wait for every blocking task, including a librdkafka close that was abandoned
+    // because it hung (rust-rdkafka #453): leave such tasks behind instead, the process is exiting.
+    runtime.shutdown_timeout(RUNTIME_EXIT_TIMEOUT);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

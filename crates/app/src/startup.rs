@@ -24,8 +24,6 @@ use crate::http::{self, AppState};
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Bound on closing the pools once everything else stopped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time the consumer and the producer get at shutdown, even when draining HTTP used up the rest.
 const MIN_STOP_TIME: Duration = Duration::from_secs(1);
 
@@ -154,15 +152,17 @@ impl Application {
             tracing::warn!(error = %err, "records still unacknowledged at shutdown");
         }
         upkeep.abort();
-        if tokio::time::timeout(CLOSE_TIMEOUT, workers.postgres.close()).await.is_err() {
-            tracing::warn!("PostgreSQL pool did not close within {CLOSE_TIMEOUT:?}; leaving it");
+        if tokio::time::timeout(remaining(deadline), workers.postgres.close()).await.is_err() {
+            tracing::warn!("PostgreSQL pool did not close within SHUTDOWN_TIMEOUT; leaving it");
         }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit.
+/// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit, the
+/// producer to flush, the pool to close. Past the deadline each step gets that minimum: a shutdown that ran out
+/// of time still ends within SHUTDOWN_TIMEOUT + 3 × MIN_STOP_TIME.
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(MIN_STOP_TIME)
 }
