@@ -330,3 +330,44 @@ async fn lag_stays_current_while_a_handler_call_hangs_and_nothing_is_skipped_or_
     stop.cancel();
     task.await.expect("task");
 }
+
+/// Reports its dependency down for the first `outage` calls, then handles records.
+#[derive(Clone)]
+struct DuringOutage {
+    recorder: Recorder,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+    outage: u32,
+}
+
+#[async_trait]
+impl Handler for DuringOutage {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.outage {
+            return Err(HandlerError::unavailable("database unavailable"));
+        }
+        self.recorder.handle(record).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_outage_outlasting_the_retries_dead_letters_nothing() {
+    // One retry allowed; the outage lasts six calls.
+    let config = topic(1, &[("KAFKA_MAX_RETRIES", "1"), ("KAFKA_RETRY_BACKOFF", "10ms")]).await;
+    let producer = KafkaProducer::new(&config).expect("producer");
+    produce(&producer, &config.topic, "k", "first").await;
+    produce(&producer, &config.topic, "k", "second").await;
+    let handler = DuringOutage { recorder: Recorder::default(), calls: Arc::default(), outage: 6 };
+    let consumer = KafkaConsumer::new(&config, producer.clone()).expect("consumer");
+    let stop = CancellationToken::new();
+    let (running, token) = (handler.clone(), stop.clone());
+    let task =
+        tokio::spawn(async move { consumer.consume_with_tracing(&running, token, Duration::from_secs(10)).await });
+    let handled = eventually(Duration::from_secs(60), async || handler.recorder.count() == 2).await;
+    assert!(handled, "both records handled once the dependency is back: {:?}", handler.recorder.values());
+    assert_eq!(handler.recorder.values(), ["first", "second"], "in order, the first one not skipped");
+    assert_eq!(handler.calls.load(std::sync::atomic::Ordering::SeqCst), 8, "6 failed calls, then 2 successes");
+    stop.cancel();
+    task.await.expect("task");
+    let letters = infra::kafka::dlq::read_dead_letters(&config, Duration::from_secs(20)).await.expect("read the DLQ");
+    assert!(letters.is_empty(), "nothing dead-lettered during an outage: {} letters", letters.len());
+}

@@ -1,7 +1,7 @@
 //! The event log in PostgreSQL (table `event_log`): one row per event id, so redeliveries change nothing.
 
 use async_trait::async_trait;
-use infra::postgres::{PostgresClient, sql};
+use infra::postgres::{PostgresClient, PostgresError, sql};
 
 use super::{Event, EventKey, EventLog, EventType, LoggedEvent, Origin, PortError};
 
@@ -32,7 +32,7 @@ impl EventLog for PostgresEventLog {
         .bind(entry.origin.topic.clone())
         .bind(entry.origin.partition)
         .bind(entry.origin.offset);
-        let inserted = self.client.exec(statement).await.map_err(|err| PortError(err.to_string()))?;
+        let inserted = self.client.exec(statement).await.map_err(port_error)?;
         Ok(inserted == 1)
     }
 
@@ -41,14 +41,14 @@ impl EventLog for PostgresEventLog {
             "SELECT id::text, type, key, data::text, topic, partition, \"offset\" FROM event_log WHERE id = $1::uuid",
         )
         .bind(id.to_string());
-        let row: Option<Row> = self.client.query_optional(statement).await.map_err(|err| PortError(err.to_string()))?;
+        let row: Option<Row> = self.client.query_optional(statement).await.map_err(port_error)?;
         row.map(logged_event).transpose()
     }
 }
 
 /// A row back into the domain; a row that does not parse means the table was written by something else.
 fn logged_event((id, kind, key, data, topic, partition, offset): Row) -> Result<LoggedEvent, PortError> {
-    let corrupt = |what: &str| PortError(format!("event_log row {id}: {what}"));
+    let corrupt = |what: &str| PortError::failed(format!("event_log row {id}: {what}"));
     let event = Event {
         id: id.parse().map_err(|_| corrupt("bad id"))?,
         kind: EventType::try_from(kind).map_err(|_| corrupt("bad type"))?,
@@ -56,4 +56,8 @@ fn logged_event((id, kind, key, data, topic, partition, offset): Row) -> Result<
         data: serde_json::from_str(&data).map_err(|_| corrupt("bad data"))?,
     };
     Ok(LoggedEvent { event, origin: Origin { topic, partition, offset } })
+}
+
+fn port_error(err: PostgresError) -> PortError {
+    if err.is_unavailable() { PortError::unavailable(err.to_string()) } else { PortError::failed(err.to_string()) }
 }

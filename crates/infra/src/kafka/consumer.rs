@@ -84,27 +84,48 @@ impl Record {
     }
 }
 
-/// A handler's failure: transient ones are retried, permanent ones go straight to the dead-letter topic.
+/// A handler's failure: transient ones are retried up to KAFKA_MAX_RETRIES, permanent ones go straight to the
+/// dead-letter topic, and "unavailable" ones (a dependency is down) are retried until it is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     message: String,
-    permanent: bool,
+    kind: FailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Transient,
+    Permanent,
+    Unavailable,
 }
 
 impl HandlerError {
-    /// A failure that may pass on a later attempt (a dependency down, a timeout).
+    /// A failure that may pass on a later attempt (a conflict, a timeout): retried up to KAFKA_MAX_RETRIES,
+    /// then dead-lettered.
     pub fn transient(cause: impl fmt::Display) -> Self {
-        HandlerError { message: cause.to_string(), permanent: false }
+        HandlerError { message: cause.to_string(), kind: FailureKind::Transient }
     }
 
     /// A failure no retry can fix (a malformed record): dead-lettered at once.
     pub fn permanent(cause: impl fmt::Display) -> Self {
-        HandlerError { message: cause.to_string(), permanent: true }
+        HandlerError { message: cause.to_string(), kind: FailureKind::Permanent }
+    }
+
+    /// A dependency the handler needs is down (the database unreachable): the record is not at fault, so it is
+    /// retried with capped backoff for as long as that lasts (until shutdown) instead of being dead-lettered —
+    /// an outage must not empty the topic into the dead-letter topic. Consumption of the partition waits.
+    pub fn unavailable(cause: impl fmt::Display) -> Self {
+        HandlerError { message: cause.to_string(), kind: FailureKind::Unavailable }
     }
 
     /// Whether retrying is pointless.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == FailureKind::Permanent
+    }
+
+    /// Whether a dependency is down (retried without limit).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == FailureKind::Unavailable
     }
 }
 
@@ -362,6 +383,7 @@ impl KafkaConsumer {
 
     async fn attempts(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Attempts {
         let mut delays = self.backoff.build();
+        let mut outage_delays = None;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -370,7 +392,14 @@ impl KafkaConsumer {
                 Err(error) => error,
             };
             self.metrics.handler_failed();
-            let delay = if error.is_permanent() { None } else { delays.next() };
+            let delay = match error.kind {
+                FailureKind::Permanent => None,
+                FailureKind::Transient => delays.next(),
+                FailureKind::Unavailable => {
+                    let outage = outage_delays.get_or_insert_with(|| self.backoff.without_max_times().build());
+                    Some(outage.next().unwrap_or(MAX_RETRY_DELAY))
+                }
+            };
             let Some(delay) = delay else { return Attempts::Failed { attempts, error } };
             tracing::warn!(
                 target: "infra::kafka",
