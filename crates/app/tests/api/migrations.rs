@@ -82,3 +82,16 @@ async fn serve_applies_migrations_at_start_by_default() {
     assert_eq!(applied_versions(&db), embedded_versions());
     app.stop().await;
 }
+
+#[test]
+fn migrations_are_not_cut_short_by_the_services_statement_timeout() {
+    let db = TestDb::create();
+    let workdir = TempDir::new();
+    // A statement timeout no migration statement fits in: it is for the service's statements, not for DDL.
+    let output = binary(&[("POSTGRES_DSN", &db.dsn()), ("POSTGRES_STATEMENT_TIMEOUT", "1ms")], &workdir.0)
+        .arg("migrate")
+        .output()
+        .expect("run rust-app migrate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(applied_versions(&db), embedded_versions());
+}

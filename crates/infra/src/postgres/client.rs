@@ -216,19 +216,20 @@ impl PostgresClient {
 
     /// Applies `migrator`'s migrations. sqlx holds an advisory lock meanwhile, so concurrent starts of several
     /// instances apply each migration once. Returns the versions applied by this call.
+    ///
+    /// Runs on a connection of its own with no statement timeout: POSTGRES_STATEMENT_TIMEOUT is for the service's
+    /// statements; a migration (or the wait for another instance's migration lock) may legitimately take longer.
     pub async fn migrate(&self, migrator: &sqlx::migrate::Migrator) -> Result<Vec<i64>, PostgresError> {
-        let before = self.applied_versions().await?;
         let span =
             tracing::info_span!("postgresql migrate", db.system = "postgresql", db.name = %self.inner.meta.database);
+        // Through the breaker first: an outage is reported as such.
         let conn = self.gated(Box::pin(self.inner.pool.acquire())).await?;
         drop(conn);
-        migrator
-            .run(&self.inner.pool)
-            .instrument(span)
-            .await
-            .map_err(|err| PostgresError::Migration(err.to_string()))?;
-        let after = self.applied_versions().await?;
-        let applied: Vec<i64> = after.into_iter().filter(|v| !before.contains(v)).collect();
+        let mut conn =
+            PgConnection::connect_with(&self.inner.connect_options).await.map_err(PostgresError::from_sqlx)?;
+        let applied = migrate_on(&mut conn, migrator).instrument(span).await;
+        let _ = conn.close().await;
+        let applied = applied?;
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, "migrations applied");
         }
@@ -252,19 +253,6 @@ impl PostgresClient {
             Ok(Err(err)) => Err(PostgresError::from_sqlx(err).to_string()),
             Err(_) => Err(format!("connecting timed out after {}", humantime::format_duration(inner.connect_timeout))),
         }
-    }
-
-    async fn applied_versions(&self) -> Result<Vec<i64>, PostgresError> {
-        let exists: Option<String> = self
-            .query_optional::<(Option<String>,)>(super::sql("SELECT to_regclass('_sqlx_migrations')::text"))
-            .await?
-            .and_then(|(v,)| v);
-        if exists.is_none() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<(i64,)> =
-            self.query(super::sql("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")).await?;
-        Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
     async fn run<T, R>(
@@ -430,4 +418,28 @@ fn pool_options(config: &PostgresConfig, pool_slot: Arc<Mutex<Option<PgPool>>>) 
             let idle = pool_slot.lock().ok().and_then(|slot| slot.as_ref().map(PgPool::num_idle)).unwrap_or(0);
             Box::pin(async move { Ok(idle < idle_cap) })
         })
+}
+
+/// Applies `migrator` on `conn` with its statement timeout lifted, returning the versions applied.
+async fn migrate_on(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrator) -> Result<Vec<i64>, PostgresError> {
+    sqlx::query("SET statement_timeout = 0").execute(&mut *conn).await.map_err(PostgresError::from_sqlx)?;
+    let before = applied_versions(conn).await?;
+    migrator.run(&mut *conn).await.map_err(|err| PostgresError::Migration(err.to_string()))?;
+    let after = applied_versions(conn).await?;
+    Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+}
+
+/// The versions recorded in sqlx's migration table (none before the first migration).
+async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i64>, PostgresError> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(PostgresError::from_sqlx)?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(PostgresError::from_sqlx)
 }
