@@ -352,14 +352,7 @@ fn main() {
     let telemetry = common::install_subscriber();
     let metrics = std::env::var("BENCH_METRICS").unwrap_or_else(|_| "prometheus".into());
     if metrics != "off" {
-        let prometheus = infra::telemetry::prometheus::install().expect("recorder");
-        // As a scrape does in production: drain histogram samples so they do not pile up.
-        std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(Duration::from_secs(5));
-                prometheus.run_upkeep();
-            }
-        });
+        common::install_recorder();
     }
     let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "produce,consume".into());
 

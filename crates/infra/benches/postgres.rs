@@ -102,28 +102,13 @@ async fn paired(
             })
         })
         .collect();
-    let (mut raw_time, mut infra_time, mut ops) = (Duration::ZERO, Duration::ZERO, 0);
-    for task in tasks {
-        let (r, i, n) = task.await.expect("bench task");
-        raw_time += r;
-        infra_time += i;
-        ops += n;
-    }
-    let per_second = |total: Duration| ops as f64 * concurrency as f64 / total.as_secs_f64();
-    (per_second(raw_time), per_second(infra_time))
+    common::paired_rates(tasks, concurrency).await
 }
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
     let telemetry = common::install_subscriber();
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder");
-    // As a scrape does in production: drain histogram samples so they do not pile up.
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(Duration::from_secs(5));
-            prometheus.run_upkeep();
-        }
-    });
+    common::install_recorder();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {

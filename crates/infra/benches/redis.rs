@@ -7,6 +7,8 @@
 //! over its total latency divided by the concurrency. Both sides run with the service's JSON log layer and a
 //! Prometheus recorder installed. redis-benchmark's figures for the same server are printed for scale.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -77,15 +79,7 @@ async fn paired(
             })
         })
         .collect();
-    let (mut raw_time, mut infra_time, mut ops) = (Duration::ZERO, Duration::ZERO, 0);
-    for task in tasks {
-        let (r, i, n) = task.await.expect("bench task");
-        raw_time += r;
-        infra_time += i;
-        ops += n;
-    }
-    let per_second = |total: Duration| ops as f64 * concurrency as f64 / total.as_secs_f64();
-    (per_second(raw_time), per_second(infra_time))
+    common::paired_rates(tasks, concurrency).await
 }
 
 fn redis_benchmark(clients: usize) -> String {
@@ -102,18 +96,9 @@ fn redis_benchmark(clients: usize) -> String {
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        let layer = infra::telemetry::log_layer(None, tracing_subscriber::EnvFilter::new("info"), std::io::sink);
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).expect("subscriber");
-    }
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder");
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(Duration::from_secs(5));
-            prometheus.run_upkeep();
-        }
-    });
+    // BENCH_TELEMETRY, as in the other benches (default: the service's JSON log layer).
+    common::install_subscriber();
+    common::install_recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let pool_size = std::env::var("REDIS_POOL_SIZE").unwrap_or_else(|_| "10".into());
