@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use app::cli::{Cli, Command};
+use app::settings::Settings;
 use app::{shutdown, startup::Application};
 use clap::Parser;
 use infra::config::{Config, EXIT_CONFIG};
@@ -14,8 +15,8 @@ const RUNTIME_EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load() {
-        Ok(config) => config,
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
         Err(err) => {
             eprintln!("rust-app: {err}");
             return ExitCode::from(EXIT_CONFIG as u8);
@@ -23,12 +24,12 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config => {
-            print!("{}", app::cli::render_effective_config(&config));
+            print!("{}", app::cli::render_effective_config(&settings.config));
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config),
-        Command::Migrate => migrate(config),
-        Command::Dlq { action } => app::dlq::run(&config, action),
+        Command::Serve => serve(settings),
+        Command::Migrate => migrate(settings.config),
+        Command::Dlq { action } => app::dlq::run(&settings.config, action),
     }
 }
 
@@ -63,12 +64,12 @@ fn migrate(config: Config) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(settings: Settings) -> ExitCode {
     let runtime = match app::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let telemetry = match start_telemetry(&runtime, &config, LogOutput::Stdout) {
+    let telemetry = match start_telemetry(&runtime, &settings.config, LogOutput::Stdout) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("rust-app: cannot initialise telemetry: {err}");
@@ -76,7 +77,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let app = Application::build(config).await?;
+        let app = Application::build(settings).await?;
         app.run_until_stopped(shutdown::signal()).await
     });
     telemetry.shutdown();

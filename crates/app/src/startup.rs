@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::http::{self, AppState};
+use crate::settings::Settings;
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
@@ -46,15 +47,16 @@ pub struct Application {
 
 impl Application {
     /// Binds `APP_HOST:APP_PORT` and builds everything.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let address = SocketAddr::new(config.server.host, config.server.port);
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let address = SocketAddr::new(settings.config.server.host, settings.config.server.port);
         let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-        Self::build_with_listener(config, listener).await
+        Self::build_with_listener(settings, listener).await
     }
 
     /// Builds everything around an already bound listener (tests bind port 0). Applies the migrations first
     /// when POSTGRES_MIGRATE_ON_START is set.
-    pub async fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+    pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        let config = &settings.config;
         // Before the clients: they register their metrics when built.
         let metrics = infra::telemetry::prometheus::install()?;
         let postgres = PostgresClient::connect_lazy(&config.postgres)?;

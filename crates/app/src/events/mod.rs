@@ -8,6 +8,8 @@ pub mod postgres;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use crate::port::PortError;
+
 /// The longest event type accepted.
 const MAX_TYPE_LEN: usize = 64;
 /// The longest key accepted (it becomes the Kafka record key).
@@ -82,6 +84,9 @@ pub struct Event {
     pub key: EventKey,
     /// Details, any JSON.
     pub data: serde_json::Value,
+    /// When it happened (events published before this field existed read as "now").
+    #[serde(with = "time::serde::rfc3339", default = "time::OffsetDateTime::now_utc")]
+    pub occurred_at: time::OffsetDateTime,
 }
 
 /// Where a published event was stored.
@@ -112,29 +117,6 @@ pub struct LoggedEvent {
     pub event: Event,
     /// Where it was consumed from.
     pub origin: Origin,
-}
-
-/// A port failed; the message is for logs (it names the dependency, never credentials).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct PortError {
-    /// What went wrong.
-    pub message: String,
-    /// The dependency behind the port is down (unreachable, breaker open, pool exhausted): worth waiting for,
-    /// not the input's fault.
-    pub unavailable: bool,
-}
-
-impl PortError {
-    /// A failure of this operation.
-    pub fn failed(message: impl Into<String>) -> Self {
-        PortError { message: message.into(), unavailable: false }
-    }
-
-    /// The dependency is down.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        PortError { message: message.into(), unavailable: true }
-    }
 }
 
 /// Publishes events to the event stream.
@@ -174,6 +156,7 @@ mod tests {
             kind: EventType::try_from("user.created".to_string()).expect("type"),
             key: EventKey::try_from("user-1".to_string()).expect("key"),
             data: serde_json::json!({"name": "Ada"}),
+            occurred_at: time::OffsetDateTime::now_utc(),
         };
         let json = serde_json::to_value(&event).expect("serializes");
         assert_eq!(json["type"], "user.created");

@@ -54,7 +54,13 @@ pub async fn publish(
             .detail(format!("data must serialize to at most {MAX_DATA_BYTES} bytes"))
             .into_response();
     }
-    let event = Event { id: uuid::Uuid::new_v4(), kind: new.kind, key: new.key, data: new.data };
+    let event = Event {
+        id: uuid::Uuid::new_v4(),
+        kind: new.kind,
+        key: new.key,
+        data: new.data,
+        occurred_at: time::OffsetDateTime::now_utc(),
+    };
     match state.events.publish(&event).await {
         Ok(published) => {
             let body = json!({ "id": event.id, "partition": published.partition, "offset": published.offset });

@@ -4,8 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use app::settings::Settings;
 use app::startup::Application;
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -31,9 +32,9 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("KAFKA_SESSION_TIMEOUT".into(), "6".into()),
     ];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = Config::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
+    let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = Application::build_with_listener(config, listener).await.expect("app builds");
+    let app = Application::build_with_listener(settings, listener).await.expect("app builds");
     let address = format!("http://{}", app.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {

@@ -78,6 +78,17 @@ impl Config {
 
     /// Reads and validates every variable from `sources`, reporting all problems at once.
     pub fn from_sources(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::from_sources_with(sources, |_| ()).map(|(config, ())| config)
+    }
+
+    /// Like [`Config::from_sources`], and also reads the service's own variables with `read_service`: its
+    /// problems are reported together with the infrastructure's, and its variables appear in
+    /// [`Config::effective`]. This is how a service built on this crate adds settings without this crate
+    /// knowing them.
+    pub fn from_sources_with<T>(
+        sources: &Sources,
+        read_service: impl FnOnce(&mut Reader<'_>) -> T,
+    ) -> Result<(Self, T), ConfigError> {
         let mut r = Reader::new(sources);
         let service = ServiceConfig::read(&mut r);
         let server = ServerConfig::read(&mut r);
@@ -85,8 +96,9 @@ impl Config {
         let postgres = PostgresConfig::read(&mut r);
         let redis = RedisConfig::read(&mut r);
         let kafka = KafkaConfig::read(&mut r);
+        let extra = read_service(&mut r);
         let effective = r.finish().map_err(|problems| ConfigError { problems })?;
-        Ok(Config { service, server, health, postgres, redis, kafka, effective })
+        Ok((Config { service, server, health, postgres, redis, kafka, effective }, extra))
     }
 
     /// The effective configuration, one entry per variable, secrets masked, with each value's origin.

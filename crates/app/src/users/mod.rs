@@ -1,0 +1,253 @@
+//! Users: registration, profile reads and edits, deletion, login sessions — and the events each write emits.
+//!
+//! The domain speaks through its ports ([`UserRepository`], [`UserCache`], [`SessionStore`]); the adapters
+//! in [`postgres`] and [`redis`] implement them with `infra`. Nothing here names sqlx, redis or rdkafka.
+
+pub mod fields;
+pub mod password;
+pub mod postgres;
+pub mod redis;
+mod service;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use fields::{Email, Name, Password};
+pub use password::PasswordHash;
+pub use service::{Credentials, UserChanges, Users};
+
+use crate::port::PortError;
+
+/// A user's id: a UUIDv7, so ids sort in creation order and keyset pagination needs no second column.
+pub type UserId = Uuid;
+
+/// A user as the API shows it (never the password hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Assigned at registration.
+    pub id: UserId,
+    /// Display name.
+    pub name: Name,
+    /// Email address, unique ignoring case.
+    pub email: Email,
+    /// When the user registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the user last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A user to store: parsed input plus the hash of the password.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    /// Assigned by the domain before storing.
+    pub id: UserId,
+    /// Display name.
+    pub name: Name,
+    /// Email address.
+    pub email: Email,
+    /// The password's hash.
+    pub password_hash: PasswordHash,
+}
+
+/// A change to store: `None` leaves the field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct StoredChanges {
+    /// New name.
+    pub name: Option<Name>,
+    /// New email.
+    pub email: Option<Email>,
+    /// New password hash.
+    pub password_hash: Option<PasswordHash>,
+}
+
+/// One page of users, in id (= creation) order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Page {
+    /// The users of this page.
+    pub items: Vec<User>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An entry of a user's audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// The event that caused it.
+    pub event_id: Uuid,
+    /// `user_created`, `user_updated` or `user_deleted`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    /// What changed (field names for an update; never the password).
+    pub details: serde_json::Value,
+}
+
+/// A field that failed to parse, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The JSON field name.
+    pub field: String,
+    /// Why it was refused.
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` is refused because of `message`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError { field: field.to_string(), message: message.into() }
+    }
+}
+
+/// Everything a user operation can fail with. Each variant has a stable [`UserError::code`] that the HTTP
+/// layer turns into the problem's `code`.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The input does not parse; one entry per bad field.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// No such user.
+    #[error("user not found")]
+    NotFound,
+    /// Another user has this email (ignoring case).
+    #[error("email already registered")]
+    EmailTaken,
+    /// Wrong email or password (deliberately not saying which).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// No valid session.
+    #[error("not signed in")]
+    Unauthenticated,
+    /// A required dependency is down: worth retrying later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; the message is for logs.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl UserError {
+    /// The stable machine-readable code of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UserError::Invalid(_) => "validation-failed",
+            UserError::NotFound => "user-not-found",
+            UserError::EmailTaken => "email-taken",
+            UserError::InvalidCredentials => "invalid-credentials",
+            UserError::Unauthenticated => "unauthenticated",
+            UserError::Unavailable(_) => "dependency-unavailable",
+            UserError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<PortError> for UserError {
+    fn from(err: PortError) -> Self {
+        if err.unavailable { UserError::Unavailable(err.message) } else { UserError::Internal(err.message) }
+    }
+}
+
+/// What a user write emits, stored in the outbox in the same transaction as the write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserEvent {
+    /// Unique id: consumers deduplicate on it.
+    pub id: Uuid,
+    /// `user_created`, `user_updated` or `user_deleted`.
+    pub kind: &'static str,
+    /// The user it is about (the record key: one user's events stay in order).
+    pub user_id: UserId,
+    /// When the write happened.
+    pub occurred_at: OffsetDateTime,
+    /// The event's details: the user's public fields, or for an update the changed field names.
+    pub data: serde_json::Value,
+}
+
+impl UserEvent {
+    /// `user_created`, with the new user's public fields.
+    pub fn created(user: &User) -> Self {
+        Self::new("user_created", user.id, serde_json::json!({ "user": user }))
+    }
+
+    /// `user_updated`, with the user after the change and the names of the changed fields.
+    pub fn updated(user: &User, changed: &[&str]) -> Self {
+        Self::new("user_updated", user.id, serde_json::json!({ "user": user, "changed": changed }))
+    }
+
+    /// `user_deleted`.
+    pub fn deleted(id: UserId) -> Self {
+        Self::new("user_deleted", id, serde_json::json!({}))
+    }
+
+    fn new(kind: &'static str, user_id: UserId, data: serde_json::Value) -> Self {
+        UserEvent { id: Uuid::now_v7(), kind, user_id, occurred_at: OffsetDateTime::now_utc(), data }
+    }
+}
+
+/// Where users live. Every write also stores its [`UserEvent`] in the same transaction, so an event exists
+/// exactly when its write committed.
+#[async_trait]
+pub trait UserRepository: Send + Sync {
+    /// Stores a new user and its `user_created` event; [`UserError::EmailTaken`] when the email is in use.
+    async fn create(&self, user: &NewUser) -> Result<User, UserError>;
+    /// The user with this id.
+    async fn find(&self, id: UserId) -> Result<Option<User>, UserError>;
+    /// The user with this email (ignoring case) and its password hash, for login.
+    async fn find_credentials(&self, email: &Email) -> Result<Option<(User, PasswordHash)>, UserError>;
+    /// Applies `changes` and stores a `user_updated` event; `None` when there is no such user.
+    async fn update(&self, id: UserId, changes: &StoredChanges) -> Result<Option<User>, UserError>;
+    /// Deletes the user and stores a `user_deleted` event; `false` when there was no such user.
+    async fn delete(&self, id: UserId) -> Result<bool, UserError>;
+    /// Up to `limit` users with ids after `after`, in id order.
+    async fn list(&self, after: Option<UserId>, limit: u32) -> Result<Vec<User>, UserError>;
+    /// The user's audit trail, oldest first, at most `limit` entries.
+    async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError>;
+}
+
+/// A read-through cache of users. It degrades instead of failing: when the cache is down, reads go to the
+/// repository.
+#[async_trait]
+pub trait UserCache: Send + Sync {
+    /// The cached user, or `load`'s result (stored when it is a user).
+    async fn get_or_load(&self, id: UserId, load: BoxFuture<'_, Result<User, UserError>>) -> Result<User, UserError>;
+    /// Forgets the user after a write. Failures are logged, not returned: the entry expires anyway.
+    async fn invalidate(&self, id: UserId);
+}
+
+/// An opaque session token, as carried by the cookie. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(***)")
+    }
+}
+
+impl SessionToken {
+    /// Wraps a token issued by a [`SessionStore`] or read from a cookie.
+    pub fn new(token: String) -> Self {
+        SessionToken(token)
+    }
+
+    /// The token, for the cookie only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Login sessions.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Starts a session for `user`.
+    async fn create(&self, user: UserId) -> Result<SessionToken, UserError>;
+    /// The user of a live session (renewing it), or `None` when unknown or expired.
+    async fn user_of(&self, token: &SessionToken) -> Result<Option<UserId>, UserError>;
+    /// Ends the session; ending an unknown one is not an error.
+    async fn end(&self, token: &SessionToken) -> Result<(), UserError>;
+}

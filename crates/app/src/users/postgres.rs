@@ -1,0 +1,169 @@
+//! Users in PostgreSQL (table `users`), each write with its event appended to the outbox in the same
+//! transaction.
+
+use async_trait::async_trait;
+use infra::postgres::{PostgresClient, PostgresError, Transaction, sql};
+use time::OffsetDateTime;
+
+use super::{
+    Activity, Email, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId, UserRepository,
+};
+use crate::events::{Event, EventKey, EventType};
+
+/// The repository over the service's PostgreSQL pool.
+#[derive(Clone, Debug)]
+pub struct PostgresUsers {
+    client: PostgresClient,
+}
+
+impl PostgresUsers {
+    /// Uses `client`'s pool.
+    pub fn new(client: PostgresClient) -> Self {
+        PostgresUsers { client }
+    }
+}
+
+type UserRow = (UserId, String, String, OffsetDateTime, OffsetDateTime);
+type CredentialRow = (UserId, String, String, OffsetDateTime, OffsetDateTime, String);
+
+#[async_trait]
+impl UserRepository for PostgresUsers {
+    async fn create(&self, user: &NewUser) -> Result<User, UserError> {
+        let mut tx = self.client.begin().await.map_err(write_error)?;
+        let row: UserRow = tx
+            .query_one(
+                sql("INSERT INTO users (id, name, email, password_hash) VALUES ($1, $2, $3, $4) \
+                     RETURNING id, name, email, created_at, updated_at")
+                .bind(user.id)
+                .bind(user.name.as_str().to_string())
+                .bind(user.email.as_str().to_string())
+                .bind(user.password_hash.as_str().to_string()),
+            )
+            .await
+            .map_err(write_error)?;
+        let created = to_user(row)?;
+        append(&mut tx, &UserEvent::created(&created)).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(created)
+    }
+
+    async fn find(&self, id: UserId) -> Result<Option<User>, UserError> {
+        let statement = sql("SELECT id, name, email, created_at, updated_at FROM users WHERE id = $1").bind(id);
+        let row: Option<UserRow> = self.client.query_optional(statement).await.map_err(read_error)?;
+        row.map(to_user).transpose()
+    }
+
+    async fn find_credentials(&self, email: &Email) -> Result<Option<(User, PasswordHash)>, UserError> {
+        let statement = sql("SELECT id, name, email, created_at, updated_at, password_hash FROM users \
+             WHERE lower(email) = lower($1)")
+        .bind(email.as_str().to_string());
+        let row: Option<CredentialRow> = self.client.query_optional(statement).await.map_err(read_error)?;
+        row.map(|(id, name, email, created, updated, hash)| {
+            Ok((to_user((id, name, email, created, updated))?, PasswordHash::from_stored(hash)))
+        })
+        .transpose()
+    }
+
+    async fn update(&self, id: UserId, changes: &StoredChanges) -> Result<Option<User>, UserError> {
+        let mut tx = self.client.begin().await.map_err(write_error)?;
+        let statement = sql("UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
+             password_hash = COALESCE($4, password_hash), updated_at = now() WHERE id = $1 \
+             RETURNING id, name, email, created_at, updated_at")
+        .bind(id)
+        .bind(changes.name.as_ref().map(|name| name.as_str().to_string()))
+        .bind(changes.email.as_ref().map(|email| email.as_str().to_string()))
+        .bind(changes.password_hash.as_ref().map(|hash| hash.as_str().to_string()));
+        let Some(row) = tx.query_optional::<UserRow>(statement).await.map_err(write_error)? else {
+            return Ok(None);
+        };
+        let updated = to_user(row)?;
+        let changed: Vec<&str> = [
+            ("name", changes.name.is_some()),
+            ("email", changes.email.is_some()),
+            ("password", changes.password_hash.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, given)| given.then_some(field))
+        .collect();
+        append(&mut tx, &UserEvent::updated(&updated, &changed)).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(Some(updated))
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, UserError> {
+        let mut tx = self.client.begin().await.map_err(write_error)?;
+        let deleted = tx.exec(sql("DELETE FROM users WHERE id = $1").bind(id)).await.map_err(write_error)?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        append(&mut tx, &UserEvent::deleted(id)).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(true)
+    }
+
+    async fn list(&self, after: Option<UserId>, limit: u32) -> Result<Vec<User>, UserError> {
+        let statement = sql("SELECT id, name, email, created_at, updated_at FROM users \
+             WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(i64::from(limit));
+        let rows: Vec<UserRow> = self.client.query(statement).await.map_err(read_error)?;
+        rows.into_iter().map(to_user).collect()
+    }
+
+    async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError> {
+        let statement = sql("SELECT event_id, event_type, occurred_at, details::text FROM user_activity \
+             WHERE user_id = $1 ORDER BY occurred_at, event_id LIMIT $2")
+        .bind(id)
+        .bind(i64::from(limit));
+        let rows: Vec<(uuid::Uuid, String, OffsetDateTime, String)> =
+            self.client.query(statement).await.map_err(read_error)?;
+        rows.into_iter()
+            .map(|(event_id, kind, occurred_at, details)| {
+                let details = serde_json::from_str(&details)
+                    .map_err(|_| UserError::Internal(format!("user_activity row {event_id}: bad details")))?;
+                Ok(Activity { event_id, kind, occurred_at, details })
+            })
+            .collect()
+    }
+}
+
+/// Appends the user event to the outbox, in `tx`.
+async fn append(tx: &mut Transaction, event: &UserEvent) -> Result<(), UserError> {
+    crate::outbox::append(tx, &to_event(event)?).await.map_err(write_error)
+}
+
+/// The user event as published on the event topic: keyed by the user id, so one user's events stay in order.
+fn to_event(event: &UserEvent) -> Result<Event, UserError> {
+    let invalid = |what: String| UserError::Internal(format!("user event not publishable: {what}"));
+    Ok(Event {
+        id: event.id,
+        kind: EventType::try_from(event.kind.to_string()).map_err(invalid)?,
+        key: EventKey::try_from(event.user_id.to_string()).map_err(invalid)?,
+        data: event.data.clone(),
+        occurred_at: event.occurred_at,
+    })
+}
+
+/// A row back into the domain; a row that does not parse was written by something else.
+fn to_user((id, name, email, created_at, updated_at): UserRow) -> Result<User, UserError> {
+    let corrupt = |what: &str| UserError::Internal(format!("users row {id}: {what}"));
+    Ok(User {
+        id,
+        name: Name::try_from(name).map_err(|_| corrupt("bad name"))?,
+        email: Email::try_from(email).map_err(|_| corrupt("bad email"))?,
+        created_at,
+        updated_at,
+    })
+}
+
+/// A failed write: a unique violation on the email index is the domain's "email taken".
+fn write_error(err: PostgresError) -> UserError {
+    if err.is_unique_violation() {
+        return UserError::EmailTaken;
+    }
+    read_error(err)
+}
+
+fn read_error(err: PostgresError) -> UserError {
+    crate::events::postgres::port_error(err).into()
+}

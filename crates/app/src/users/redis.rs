@@ -1,0 +1,89 @@
+//! The Redis side of users: the read cache (`user:{id}`, cache-aside through `infra::redis::Cache`) and login
+//! sessions (`session:{sha256(id)}`, `infra::redis::SessionStore`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use infra::redis::{Cache, RedisClient, RedisError, SessionId};
+
+use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId};
+
+/// Users cached in Redis under `user:{id}` for a TTL; writes delete the entry.
+#[derive(Clone, Debug)]
+pub struct RedisUserCache {
+    redis: RedisClient,
+    cache: Cache,
+    ttl: Duration,
+}
+
+impl RedisUserCache {
+    /// Caches users in `redis` for `ttl`.
+    pub fn new(redis: RedisClient, ttl: Duration) -> Self {
+        RedisUserCache { cache: Cache::new(redis.clone()), redis, ttl }
+    }
+}
+
+/// The cache key of a user.
+pub fn cache_key(id: UserId) -> String {
+    format!("user:{id}")
+}
+
+#[async_trait]
+impl UserCache for RedisUserCache {
+    async fn get_or_load(&self, id: UserId, load: BoxFuture<'_, Result<User, UserError>>) -> Result<User, UserError> {
+        self.cache.get_or_load(&cache_key(id), self.ttl, || load).await
+    }
+
+    async fn invalidate(&self, id: UserId) {
+        if let Err(err) = self.redis.del_with_tracing(&[&cache_key(id)]).await {
+            // The entry expires within USER_CACHE_TTL anyway; the write itself succeeded.
+            tracing::warn!(user_id = %id, error = %err, "cannot invalidate the cached user; it may be stale until it expires");
+        }
+    }
+}
+
+/// Login sessions in Redis with a sliding TTL.
+#[derive(Clone, Debug)]
+pub struct RedisSessions {
+    store: infra::redis::SessionStore,
+}
+
+impl RedisSessions {
+    /// Sessions in `redis` that expire `ttl` after their last use.
+    pub fn new(redis: RedisClient, ttl: Duration) -> Self {
+        RedisSessions { store: infra::redis::SessionStore::new(redis, "session", ttl) }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessions {
+    async fn create(&self, user: UserId) -> Result<SessionToken, UserError> {
+        let id = self.store.create(&user).await.map_err(session_error)?;
+        Ok(SessionToken::new(id.expose().to_string()))
+    }
+
+    async fn user_of(&self, token: &SessionToken) -> Result<Option<UserId>, UserError> {
+        // A token that does not even look like one never reaches Redis.
+        let Some(id) = SessionId::parse(token.expose()) else {
+            return Ok(None);
+        };
+        let user = self.store.load::<UserId>(&id).await.map_err(session_error)?;
+        if user.is_some() {
+            self.store.touch(&id).await.map_err(session_error)?;
+        }
+        Ok(user)
+    }
+
+    async fn end(&self, token: &SessionToken) -> Result<(), UserError> {
+        if let Some(id) = SessionId::parse(token.expose()) {
+            self.store.delete(&id).await.map_err(session_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sessions live only in Redis: without it nobody can sign in, which is "unavailable", not "unauthorized".
+fn session_error(err: RedisError) -> UserError {
+    UserError::Unavailable(format!("session store: {err}"))
+}
