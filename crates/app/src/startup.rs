@@ -18,8 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
-use crate::http::{self, AppState};
+use crate::http::sessions::CookieSettings;
+use crate::http::{self, AppState, Limits, RequestLimits, rate_limit};
 use crate::settings::Settings;
+use crate::users::Users;
+use crate::users::postgres::PostgresUsers;
+use crate::users::redis::{RedisSessions, RedisUserCache};
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
@@ -65,7 +69,7 @@ impl Application {
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
         let kafka = KafkaClient::new(&config.kafka)?;
-        spawn_ensure_topics(kafka.clone(), &config);
+        spawn_ensure_topics(kafka.clone(), config);
         let producer = KafkaProducer::new(&config.kafka)?;
         let consumer = KafkaConsumer::new(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
@@ -81,12 +85,26 @@ impl Application {
                 ),
                 Criticality::Optional,
             );
+        let when_unavailable = WhenUnavailable::from_config(&config.redis);
         let state = AppState {
             health: Arc::new(health),
             metrics: metrics.clone(),
             events: Arc::new(KafkaEventPublisher::new(producer.clone(), config.kafka.topic.clone())),
             event_log: event_log.clone(),
-            publish_limiter: RateLimiter::new(redis, "rate:events", WhenUnavailable::from_config(&config.redis)),
+            publish_limiter: RateLimiter::new(redis.clone(), "rate:events", when_unavailable),
+            users: users(&settings, &postgres, &redis),
+            limits: Limits {
+                limiter: RateLimiter::new(redis, "rate", when_unavailable),
+                per_ip: rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst),
+                login: rate_limit::login_limit(settings.sessions.login_attempts_per_minute),
+                trusted_proxies: settings.http.trusted_proxies.clone(),
+            },
+            cookie: CookieSettings {
+                name: settings.sessions.cookie_name.clone(),
+                secure: settings.sessions.cookie_secure,
+                ttl: settings.sessions.ttl,
+            },
+            requests: RequestLimits { body_limit: settings.http.body_limit, timeout: settings.http.request_timeout },
         };
         tracing::info!(
             service = %config.service.name,
@@ -160,6 +178,15 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The users use cases over PostgreSQL (users, outbox) and Redis (cache, sessions).
+fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) -> Users {
+    Users::new(
+        Arc::new(PostgresUsers::new(postgres.clone())),
+        Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)),
+        Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl)),
+    )
 }
 
 /// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit, the

@@ -47,7 +47,7 @@ pub async fn publish(
                 .detail(detail)
                 .into_response();
         }
-        Err(rejection) => return invalid_body(&rejection),
+        Err(rejection) => return Problem::from_rejection(&rejection).into_response(),
     };
     if new.data.to_string().len() > MAX_DATA_BYTES {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "event-too-large", "Event too large")
@@ -106,17 +106,6 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
         return Err("the body must be a JSON object with type, key and data".to_string());
     }
     serde_json::from_value(body).map_err(|err| err.to_string())
-}
-
-/// 415 without a JSON content type, 413 over the body limit, 400 for malformed JSON.
-fn invalid_body(rejection: &JsonRejection) -> Response {
-    let status = match rejection {
-        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        other if other.status().is_client_error() => other.status(),
-        _ => StatusCode::BAD_REQUEST,
-    };
-    Problem::new(status, "invalid-body", "Invalid request body").detail(rejection.body_text()).into_response()
 }
 
 fn rate_limited(decision: Decision) -> Response {

@@ -1,23 +1,34 @@
 //! The HTTP surface: routes, shared state and error responses.
 
+pub mod client_ip;
 mod events;
 mod health;
 pub mod observe;
+pub mod openapi;
 pub mod problem;
+pub mod rate_limit;
+pub mod sessions;
+pub mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use infra::health::HealthRegistry;
-use infra::redis::RateLimiter;
+use infra::redis::{Limit, RateLimiter};
+use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::events::{EventLog, EventPublisher};
+use crate::users::Users;
+use problem::Problem;
+use sessions::CookieSettings;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -32,10 +43,41 @@ pub struct AppState {
     pub event_log: Arc<dyn EventLog>,
     /// Limits publications per client address.
     pub publish_limiter: RateLimiter,
+    /// The users use cases.
+    pub users: Users,
+    /// Rate limits and client attribution.
+    pub limits: Limits,
+    /// The session cookie.
+    pub cookie: CookieSettings,
+    /// Request body and time limits.
+    pub requests: RequestLimits,
+}
+
+/// Rate limits of the API.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The Redis limiter (shared by every instance of the service).
+    pub limiter: RateLimiter,
+    /// Every API route, per client IP.
+    pub per_ip: Limit,
+    /// Logins, per client IP and account.
+    pub login: Limit,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Limits on each request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// The largest body accepted, in bytes.
+    pub body_limit: usize,
+    /// The longest a request may take.
+    pub timeout: Duration,
 }
 
 /// All routes with their middleware.
 pub fn router(state: AppState) -> Router {
+    let requests = state.requests;
     Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -44,11 +86,37 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/events", post(events::publish))
         .route("/events/{id}", get(events::find))
+        .route("/users", post(users::create).get(users::list))
+        .route("/users/{id}", get(users::get).patch(users::update).delete(users::delete))
+        .route("/users/{id}/activity", get(users::activity))
+        .route("/sessions", post(sessions::login).delete(sessions::logout))
+        .route("/me", get(sessions::me))
+        .route("/openapi.json", get(openapi::document))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        // Innermost first: the timeout bounds the handler, a panic becomes a 500 problem, the rate limit
+        // answers before any work, and observe sees (and measures) every answer, 429s included.
+        .layer(from_fn_with_state(requests.timeout, time_limit))
+        .layer(DefaultBodyLimit::max(requests.body_limit))
         .layer(CatchPanicLayer::custom(problem::panic_response))
-        .layer(axum::middleware::from_fn(observe::observe))
+        .layer(from_fn_with_state(state.clone(), rate_limit::limit_per_ip))
+        .layer(from_fn(observe::observe))
         .with_state(state)
+}
+
+/// Answers 503 (with `Retry-After`) when a request takes longer than HTTP_REQUEST_TIMEOUT; its work is
+/// dropped. Every dependency call has its own, shorter timeout: this is the backstop.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout = ?limit, "request timed out");
+            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
+                .detail("the request took longer than the server allows; retry later");
+            problem.retry_after = Some(1);
+            problem.into_response()
+        }
+    }
 }
 
 /// Every metric of the process in the Prometheus text exposition format.

@@ -4,6 +4,7 @@
 use std::any::Any;
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use infra::postgres::PostgresError;
@@ -13,7 +14,8 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An error response body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "urn:rust-app:problem:user-not-found", "title": "User not found", "status": 404, "code": "user-not-found"}))]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
@@ -27,9 +29,22 @@ pub struct Problem {
     pub detail: Option<String>,
     /// Stable error code clients can branch on.
     pub code: String,
+    /// For `validation-failed`: every refused field and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
     /// Sent as the `Retry-After` header (seconds) on 503s.
     #[serde(skip)]
+    #[schema(ignore)]
     pub retry_after: Option<u64>,
+}
+
+/// One refused field of a request.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldProblem {
+    /// The field's name in the request (`email`), or `body` for the request as a whole.
+    pub field: String,
+    /// Why it was refused.
+    pub message: String,
 }
 
 impl Problem {
@@ -41,6 +56,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             code: code.to_string(),
+            errors: Vec::new(),
             retry_after: None,
         }
     }
@@ -65,6 +81,36 @@ impl Problem {
             PostgresError::StatementTimeout => Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),
             _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
+    }
+
+    /// The 503 of a required dependency that is down, with `Retry-After`.
+    pub fn unavailable(detail: &str) -> Self {
+        let mut problem =
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
+                .detail(detail);
+        problem.retry_after = Some(1);
+        problem
+    }
+
+    /// The 422 listing every refused field.
+    pub fn invalid(errors: Vec<FieldProblem>) -> Self {
+        let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed")
+            .detail("one or more fields are invalid; see errors");
+        problem.errors = errors;
+        problem
+    }
+
+    /// A JSON body that could not be read: 415 without a JSON content type, 413 over the body limit, 400 for
+    /// malformed JSON, 422 for JSON of the wrong shape.
+    pub fn from_rejection(rejection: &JsonRejection) -> Self {
+        let status = match rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            other if other.status().is_client_error() => other.status(),
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body-too-large" } else { "invalid-body" };
+        Problem::new(status, code, "Invalid request body").detail(rejection.body_text())
     }
 
     /// Adds the explanation of this occurrence.

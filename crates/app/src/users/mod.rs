@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 pub use fields::{Email, Name, Password};
 pub use password::PasswordHash;
-pub use service::{Credentials, UserChanges, Users};
+pub use service::{Credentials, UserChanges, Users, parse_registration};
 
 use crate::port::PortError;
 

@@ -57,13 +57,7 @@ impl Users {
 
     /// Registers a user; the email must not be in use (ignoring case).
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
-        let mut errors = Vec::new();
-        let name = field(&mut errors, "name", input.name, |raw| Name::try_from(raw));
-        let email = field(&mut errors, "email", input.email, |raw| Email::try_from(raw));
-        let password = field(&mut errors, "password", input.password, Password::parse);
-        let (Some(name), Some(email), Some(password)) = (name, email, password) else {
-            return Err(UserError::Invalid(errors));
-        };
+        let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = PasswordHash::of(&password).await?;
         let user = self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash }).await?;
         // A failed GET before the registration may have cached nothing, but a deleted user's id is never
@@ -81,8 +75,8 @@ impl Users {
     /// Changes the given fields; at least one must be given.
     pub async fn update(&self, id: UserId, input: UserChanges) -> Result<User, UserError> {
         let mut errors = Vec::new();
-        let name = input.name.and_then(|raw| field(&mut errors, "name", Some(raw), |raw| Name::try_from(raw)));
-        let email = input.email.and_then(|raw| field(&mut errors, "email", Some(raw), |raw| Email::try_from(raw)));
+        let name = input.name.and_then(|raw| field(&mut errors, "name", Some(raw), Name::try_from));
+        let email = input.email.and_then(|raw| field(&mut errors, "email", Some(raw), Email::try_from));
         let password = input.password.and_then(|raw| field(&mut errors, "password", Some(raw), Password::parse));
         if !errors.is_empty() {
             return Err(UserError::Invalid(errors));
@@ -152,7 +146,7 @@ impl Users {
     /// and take the same time.
     pub async fn login(&self, input: Credentials) -> Result<(User, SessionToken), UserError> {
         let mut errors = Vec::new();
-        let email = field(&mut errors, "email", input.email, |raw| Email::try_from(raw));
+        let email = field(&mut errors, "email", input.email, Email::try_from);
         let password = field(&mut errors, "password", input.password, Password::candidate);
         let (Some(email), Some(password)) = (email, password) else {
             return Err(UserError::Invalid(errors));
@@ -187,6 +181,18 @@ impl Users {
             Some(token) => self.sessions.end(token).await,
             None => Ok(()),
         }
+    }
+}
+
+/// The registration's name, email and password, or every field's problem.
+pub fn parse_registration(input: Credentials) -> Result<(Name, Email, Password), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let name = field(&mut errors, "name", input.name, Name::try_from);
+    let email = field(&mut errors, "email", input.email, Email::try_from);
+    let password = field(&mut errors, "password", input.password, Password::parse);
+    match (name, email, password) {
+        (Some(name), Some(email), Some(password)) => Ok((name, email, password)),
+        _ => Err(errors),
     }
 }
 
@@ -230,8 +236,8 @@ mod tests {
     #[test]
     fn every_bad_field_is_reported() {
         let mut errors = Vec::new();
-        let name: Option<Name> = field(&mut errors, "name", None, |raw| Name::try_from(raw));
-        let email = field(&mut errors, "email", Some("nope".into()), |raw| Email::try_from(raw));
+        let name: Option<Name> = field(&mut errors, "name", None, Name::try_from);
+        let email = field(&mut errors, "email", Some("nope".into()), Email::try_from);
         assert!(name.is_none() && email.is_none());
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["name", "email"]);

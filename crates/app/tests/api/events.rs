@@ -124,7 +124,7 @@ async fn bad_input_is_a_problem_json_4xx_never_a_500() {
     let huge = format!(r#"{{"type": "user.created", "key": "user-1", "data": "{}"}}"#, "x".repeat(3 * 1024 * 1024));
     let response =
         app.client.post(&url).header("content-type", "application/json").body(huge).send().await.expect("sent");
-    assert_problem(response, 413, "invalid-body", "body over the 2 MB limit").await;
+    assert_problem(response, 413, "body-too-large", "body over the 1 MiB limit").await;
 
     let body = assert_problem(app.get("/events/not-a-uuid").await, 400, "invalid-id", "id not a UUID").await;
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("UUID")), "{body}");

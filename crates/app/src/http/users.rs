@@ -1,0 +1,357 @@
+//! The users API: `POST /users`, `GET /users`, `GET|PATCH|DELETE /users/{id}`, `GET /users/{id}/activity`.
+
+// The helpers return a ready response (or problem) as their error: built once per refused request, boxing it
+// would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::problem::{FieldProblem, Problem};
+use crate::users::{Activity, Credentials, Page, User, UserChanges, UserError, UserId, parse_registration};
+use uuid::Uuid;
+
+/// A user as the API returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    /// The user's id (a UUIDv7).
+    id: Uuid,
+    /// Display name.
+    #[schema(example = "Ada Lovelace")]
+    name: String,
+    /// Email address as registered.
+    #[schema(example = "ada@example.com")]
+    email: String,
+    /// When the user registered (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    /// When the user last changed (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<User> for UserBody {
+    fn from(user: User) -> Self {
+        UserBody {
+            id: user.id,
+            name: user.name.into(),
+            email: user.email.into(),
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+/// The body of `POST /users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the request; the handler reads the fields one by one to report each problem.
+pub struct CreateUser {
+    /// 1–100 characters.
+    #[schema(example = "Ada Lovelace")]
+    name: String,
+    /// An email address not registered yet (compared ignoring case).
+    #[schema(example = "ada@example.com")]
+    email: String,
+    /// At least 8 characters.
+    #[schema(example = "correct horse battery staple", format = Password)]
+    password: String,
+}
+
+/// The body of `PATCH /users/{id}`: at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the request, as for CreateUser.
+pub struct UpdateUser {
+    /// New display name.
+    name: Option<String>,
+    /// New email address.
+    email: Option<String>,
+    /// New password.
+    #[schema(format = Password)]
+    password: Option<String>,
+}
+
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// Users in creation order.
+    items: Vec<UserBody>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+impl From<Page> for UserPage {
+    fn from(page: Page) -> Self {
+        UserPage { items: page.items.into_iter().map(UserBody::from).collect(), next_cursor: page.next_cursor }
+    }
+}
+
+/// Paging through users.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Users per page, 1–100 (default 20).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// An entry of a user's audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityBody {
+    /// The event that caused it.
+    event_id: uuid::Uuid,
+    /// `user_created`, `user_updated` or `user_deleted`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// When it happened (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    /// What changed (for an update, the names of the changed fields).
+    details: Value,
+}
+
+impl From<Activity> for ActivityBody {
+    fn from(entry: Activity) -> Self {
+        ActivityBody {
+            event_id: entry.event_id,
+            kind: entry.kind,
+            occurred_at: entry.occurred_at,
+            details: entry.details,
+        }
+    }
+}
+
+/// Registers a user.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = CreateUser,
+    responses(
+        (status = 201, description = "Registered", body = UserBody,
+            headers(("location" = String, description = "/users/{id}"))),
+        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over HTTP_BODY_LIMIT", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, JsonRejection>) -> Response {
+    let mut fields = match object(body, &["name", "email", "password"]) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    let input =
+        Credentials { name: fields.take("name"), email: fields.take("email"), password: fields.take("password") };
+    if !fields.problems.is_empty() {
+        // Report the other fields' problems too, so one round trip shows everything to fix.
+        let more = parse_registration(input).err().unwrap_or_default();
+        let more: Vec<FieldProblem> = more
+            .into_iter()
+            .filter(|e| !fields.problems.iter().any(|p| p.field == e.field))
+            .map(|e| FieldProblem { field: e.field, message: e.message })
+            .collect();
+        fields.problems.extend(more);
+        return Problem::invalid(fields.problems).into_response();
+    }
+    match state.users.register(input).await {
+        Ok(user) => {
+            let location = HeaderValue::from_str(&format!("/users/{}", user.id)).ok();
+            let mut response = (StatusCode::CREATED, Json(UserBody::from(user))).into_response();
+            if let Some(location) = location {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(err) => user_problem(err).into_response(),
+    }
+}
+
+/// A user, served from the Redis cache when it holds it.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = UserBody),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable (and the user not cached)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    respond(state.users.get(id).await.map(|user| Json(UserBody::from(user))))
+}
+
+/// Changes a user's name, email or password; the cached copy is dropped.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", request_body = UpdateUser,
+    params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The changed user", body = UserBody),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut fields = match object(body, &["name", "email", "password"]) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    let changes =
+        UserChanges { name: fields.take("name"), email: fields.take("email"), password: fields.take("password") };
+    if let Some(problem) = fields.problem() {
+        return problem.into_response();
+    }
+    respond(state.users.update(id, changes).await.map(|user| Json(UserBody::from(user))))
+}
+
+/// Deletes a user; the cached copy is dropped.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    respond(state.users.delete(id).await.map(|()| StatusCode::NO_CONTENT))
+}
+
+/// Users in creation order, a page at a time (keyset pagination: stable under concurrent inserts).
+#[utoipa::path(get, path = "/users", tag = "users", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query string").into_response();
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(_)) => Some(0), // Reported by the domain as out of range, with the cursor's problem if any.
+    };
+    respond(state.users.list(limit, query.cursor.as_deref()).await.map(|page| Json(UserPage::from(page))))
+}
+
+/// The user's audit trail, oldest first, as recorded by the event consumer (so it lags writes slightly).
+#[utoipa::path(get, path = "/users/{id}/activity", tag = "users", params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Audit trail", body = [ActivityBody]),
+        (status = 404, description = "No such user and no trail", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn activity(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    let trail = state.users.activity(id).await;
+    respond(trail.map(|entries| Json(entries.into_iter().map(ActivityBody::from).collect::<Vec<_>>())))
+}
+
+/// A domain result as a response.
+fn respond(result: Result<impl IntoResponse, UserError>) -> Response {
+    match result {
+        Ok(ok) => ok.into_response(),
+        Err(err) => user_problem(err).into_response(),
+    }
+}
+
+/// The problem for a domain error: its stable code, the right status, and never internals.
+pub fn user_problem(err: UserError) -> Problem {
+    let code = err.code();
+    match err {
+        UserError::Invalid(errors) => {
+            Problem::invalid(errors.into_iter().map(|e| FieldProblem { field: e.field, message: e.message }).collect())
+        }
+        UserError::NotFound => Problem::new(StatusCode::NOT_FOUND, code, "User not found"),
+        UserError::EmailTaken => Problem::new(StatusCode::CONFLICT, code, "Email already registered")
+            .detail("another user has this email address"),
+        UserError::InvalidCredentials => {
+            Problem::new(StatusCode::UNAUTHORIZED, code, "Invalid credentials").detail("wrong email or password")
+        }
+        UserError::Unauthenticated => {
+            Problem::new(StatusCode::UNAUTHORIZED, code, "Not signed in").detail("sign in with POST /sessions first")
+        }
+        UserError::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "request failed: dependency unavailable");
+            Problem::unavailable("a required dependency is unavailable; retry later")
+        }
+        UserError::Internal(cause) => {
+            tracing::error!(error = %cause, "request failed");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+        }
+    }
+}
+
+/// A path id that must be a UUID.
+pub fn parse_id(raw: &str) -> Result<UserId, Problem> {
+    raw.parse::<UserId>()
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", "Invalid id").detail("id must be a UUID"))
+}
+
+/// The fields of a JSON object body, taken one by one; wrong types and unknown fields are collected as
+/// field problems.
+pub struct Fields {
+    map: Map<String, Value>,
+    problems: Vec<FieldProblem>,
+}
+
+impl Fields {
+    /// The string field `name`, if present; a non-string value is a problem.
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(value)) => Some(value),
+            Some(_) => {
+                self.problems.push(FieldProblem { field: name.to_string(), message: "must be a string".into() });
+                None
+            }
+        }
+    }
+
+    /// The 422 for the problems found so far, if any.
+    pub fn problem(self) -> Option<Problem> {
+        (!self.problems.is_empty()).then(|| Problem::invalid(self.problems))
+    }
+}
+
+/// The body as a JSON object with only `allowed` keys, or the response refusing it.
+pub fn object(body: Result<Json<Value>, JsonRejection>, allowed: &[&str]) -> Result<Fields, Response> {
+    let body = body.map_err(|rejection| Problem::from_rejection(&rejection).into_response())?;
+    let Value::Object(map) = body.0 else {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body")
+            .detail("the body must be a JSON object")
+            .into_response());
+    };
+    let problems = map
+        .keys()
+        .filter(|key| !allowed.contains(&key.as_str()))
+        .map(|key| FieldProblem { field: key.clone(), message: "is not a known field".into() })
+        .collect();
+    Ok(Fields { map, problems })
+}
