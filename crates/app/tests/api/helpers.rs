@@ -30,6 +30,9 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("KAFKA_CONSUMER_GROUP".into(), unique("app-test-group")),
         // tansu makes a group join wait half the session timeout.
         ("KAFKA_SESSION_TIMEOUT".into(), "6".into()),
+        // Every test app shares 127.0.0.1's rate-limit bucket in Redis: only the rate-limit tests limit.
+        ("RATE_LIMIT_RPS".into(), "1000000".into()),
+        ("RATE_LIMIT_BURST".into(), "1000000".into()),
     ];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
@@ -53,6 +56,25 @@ impl TestApp {
         let response = self.get(path).await;
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Sends `body` as JSON with `method` to `path`.
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client.request(method, format!("{}{path}", self.address)).json(body).send().await.expect("request sent")
+    }
+
+    /// POST `body` as JSON to `path`.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// Registers a user with a unique email; returns its JSON.
+    pub async fn create_user(&self, name: &str) -> serde_json::Value {
+        let email = format!("{}@example.com", unique("user"));
+        let body = serde_json::json!({"name": name, "email": email, "password": "correct horse battery"});
+        let response = self.post_json("/users", &body).await;
+        assert_eq!(response.status(), 201, "user created");
+        response.json().await.expect("JSON user")
     }
 
     /// Polls `path` until `done` accepts the answer, for at most `limit`.

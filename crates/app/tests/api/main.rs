@@ -1,11 +1,14 @@
 //! Integration tests of the service against the real local stack (`scripts/stack up`).
 
 mod cli;
+mod degraded;
 mod dlq;
 mod events;
 mod health;
 mod helpers;
 mod metrics;
 mod migrations;
+mod sessions;
 mod shutdown;
 mod telemetry;
+mod users;

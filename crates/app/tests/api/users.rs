@@ -1,0 +1,226 @@
+//! The users API over HTTP against the real stack: every endpoint, every error case, the cache, concurrency.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use test_support::postgres::TestDb;
+
+use crate::helpers::{TestApp, spawn_app, unique};
+
+fn new_user(email: &str) -> Value {
+    json!({"name": "Ada Lovelace", "email": email, "password": "correct horse battery"})
+}
+
+fn email() -> String {
+    format!("{}@example.com", unique("ada"))
+}
+
+/// Asserts an RFC 9457 problem with this status and code; returns its body.
+async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response.headers()["content-type"].to_str().expect("ascii").to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("JSON problem");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    body
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    let mut fields: Vec<String> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field").into())
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// A fresh database of the test's own, with the app migrating it at start.
+async fn app_with_own_database() -> (TestApp, TestDb) {
+    let db = TestDb::create();
+    let app = spawn_app(&[("POSTGRES_DSN", &db.dsn())]).await;
+    (app, db)
+}
+
+#[tokio::test]
+async fn a_user_is_created_read_changed_and_deleted() {
+    let app = spawn_app(&[]).await;
+    let email = email();
+    let response = app.post_json("/users", &new_user(&email)).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().expect("ascii").to_string();
+    let created: Value = response.json().await.expect("JSON");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(location, format!("/users/{id}"));
+    assert_eq!(created["email"], email.as_str());
+    assert!(created.get("password").is_none() && created.get("password_hash").is_none());
+
+    let (status, read) = app.get_json(&location).await;
+    assert_eq!((status, &read), (200, &created));
+
+    let patched = app.send_json(Method::PATCH, &location, &json!({"name": "Countess of Lovelace"})).await;
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.expect("JSON");
+    assert_eq!(patched["name"], "Countess of Lovelace");
+    assert_eq!(patched["email"], email.as_str());
+    assert_eq!(app.get_json(&location).await.1["name"], "Countess of Lovelace", "the write invalidated the cache");
+
+    let deleted = app.client.delete(format!("{}{location}", app.address)).send().await.expect("sent");
+    assert_eq!(deleted.status(), 204);
+    problem(app.get(&location).await, 404, "user-not-found").await;
+    let again = app.client.delete(format!("{}{location}", app.address)).send().await.expect("sent");
+    problem(again, 404, "user-not-found").await;
+}
+
+#[tokio::test]
+async fn the_second_read_comes_from_the_cache_until_a_write_invalidates_it() {
+    let (app, db) = app_with_own_database().await;
+    let user = app.create_user("cached").await;
+    let path = format!("/users/{}", user["id"].as_str().expect("id"));
+    assert_eq!(app.get_json(&path).await.1["name"], "cached", "first read: a miss, loaded and stored");
+
+    // Changed behind the service's back: only a read served from the cache still shows the old name.
+    db.query(&format!("UPDATE users SET name = 'changed in SQL' WHERE id = '{}'", user["id"].as_str().expect("id")));
+    let hits_before = cache_hits(&app).await;
+    assert_eq!(app.get_json(&path).await.1["name"], "cached", "second read served from Redis");
+    assert!(cache_hits(&app).await > hits_before, "the hit is counted");
+
+    let patched = app.send_json(Method::PATCH, &path, &json!({"email": email()})).await;
+    assert_eq!(patched.status(), 200);
+    assert_eq!(app.get_json(&path).await.1["name"], "changed in SQL", "the PATCH dropped the cached copy");
+}
+
+async fn cache_hits(app: &TestApp) -> f64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    text.lines()
+        .find(|line| line.starts_with("redis_cache_lookups_total{result=\"hit\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn twenty_concurrent_registrations_of_one_email_make_one_user() {
+    let app = spawn_app(&[]).await;
+    let email = email();
+    let attempts = (0..20).map(|i| {
+        // The same address in different cases: uniqueness ignores case.
+        let email = if i % 2 == 0 { email.clone() } else { email.to_uppercase() };
+        let app = &app;
+        async move { app.post_json("/users", &new_user(&email)).await }
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let mut created = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            201 => created += 1,
+            _ => {
+                problem(response, 409, "email-taken").await;
+            }
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn invalid_input_is_a_422_naming_every_bad_field() {
+    let app = spawn_app(&[]).await;
+    let body =
+        problem(app.post_json("/users", &json!({"name": " ", "email": "nope"})).await, 422, "validation-failed").await;
+    assert_eq!(fields(&body), ["email", "name", "password"]);
+
+    let body = json!({"name": 7, "email": email(), "password": "short", "admin": true});
+    let body = problem(app.post_json("/users", &body).await, 422, "validation-failed").await;
+    assert_eq!(fields(&body), ["admin", "name", "password"], "unknown fields and wrong types are reported too");
+
+    let body = problem(app.post_json("/users", &json!([1, 2])).await, 422, "invalid-body").await;
+    assert!(body["detail"].as_str().expect("detail").contains("object"));
+
+    let url = format!("{}/users", app.address);
+    let malformed = app.client.post(&url).header("content-type", "application/json").body("{").send().await;
+    problem(malformed.expect("sent"), 400, "invalid-body").await;
+    let text = app.client.post(&url).header("content-type", "text/plain").body("{}").send().await;
+    problem(text.expect("sent"), 415, "invalid-body").await;
+
+    let user = app.create_user("valid").await;
+    let path = format!("/users/{}", user["id"].as_str().expect("id"));
+    problem(app.send_json(Method::PATCH, &path, &json!({})).await, 422, "validation-failed").await;
+    let bad =
+        problem(app.send_json(Method::PATCH, &path, &json!({"email": "x@"})).await, 422, "validation-failed").await;
+    assert_eq!(fields(&bad), ["email"]);
+}
+
+#[tokio::test]
+async fn ids_and_missing_users_are_4xx_problems() {
+    let app = spawn_app(&[]).await;
+    problem(app.get("/users/not-a-uuid").await, 400, "invalid-id").await;
+    let unknown = format!("/users/{}", uuid::Uuid::now_v7());
+    problem(app.get(&unknown).await, 404, "user-not-found").await;
+    problem(app.send_json(Method::PATCH, &unknown, &json!({"name": "x"})).await, 404, "user-not-found").await;
+    problem(app.get(&format!("{unknown}/activity")).await, 404, "user-not-found").await;
+}
+
+#[tokio::test]
+async fn changing_the_email_to_a_taken_one_is_a_409() {
+    let app = spawn_app(&[]).await;
+    let first = app.create_user("first").await;
+    let second = app.create_user("second").await;
+    let path = format!("/users/{}", second["id"].as_str().expect("id"));
+    let taken = first["email"].as_str().expect("email").to_uppercase();
+    problem(app.send_json(Method::PATCH, &path, &json!({"email": taken})).await, 409, "email-taken").await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_with_413() {
+    let app = spawn_app(&[("HTTP_BODY_LIMIT", "1024")]).await;
+    let body = json!({"name": "x".repeat(2000), "email": email(), "password": "correct horse battery"});
+    problem(app.post_json("/users", &body).await, 413, "body-too-large").await;
+}
+
+#[tokio::test]
+async fn users_are_listed_page_by_page_in_creation_order() {
+    let (app, _db) = app_with_own_database().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create_user(&format!("user{i}")).await["id"].as_str().expect("id").to_string());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/users?limit=2".to_string();
+    for expected_len in [2, 2, 1] {
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        let items = page["items"].as_array().expect("items");
+        assert_eq!(items.len(), expected_len);
+        seen.extend(items.iter().map(|u| u["id"].as_str().expect("id").to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/users?limit=2&cursor={cursor}"),
+            None => assert_eq!(expected_len, 1, "only the last page has no cursor"),
+        }
+    }
+    assert_eq!(seen, ids);
+
+    let bad = problem(app.get("/users?limit=0&cursor=zz").await, 422, "validation-failed").await;
+    assert_eq!(fields(&bad), ["cursor", "limit"]);
+    problem(app.get("/users?limit=many").await, 422, "validation-failed").await;
+}
+
+#[tokio::test]
+async fn each_write_stores_its_event_in_the_outbox_in_the_same_transaction() {
+    let (app, db) = app_with_own_database().await;
+    let user = app.create_user("outboxed").await;
+    let id = user["id"].as_str().expect("id");
+    let path = format!("/users/{id}");
+    assert_eq!(app.send_json(Method::PATCH, &path, &json!({"password": "another good one"})).await.status(), 200);
+    // A refused write leaves no event.
+    let taken = app.create_user("other").await["email"].as_str().expect("email").to_string();
+    assert_eq!(app.send_json(Method::PATCH, &path, &json!({"email": taken})).await.status(), 409);
+    let deleted = app.client.delete(format!("{}{path}", app.address)).send().await.expect("sent");
+    assert_eq!(deleted.status(), 204);
+
+    let types = db.query(&format!("SELECT string_agg(event_type, ',' ORDER BY seq) FROM outbox WHERE key = '{id}'"));
+    assert_eq!(types.trim(), "user_created,user_updated,user_deleted");
+    let payloads = db.query(&format!("SELECT string_agg(payload::text, '\n') FROM outbox WHERE key = '{id}'"));
+    assert!(!payloads.contains("argon2") && !payloads.contains("another good one"), "no password in events");
+    assert!(payloads.contains("\"changed\": [\"password\"]"), "the update names the changed field: {payloads}");
+}
