@@ -185,6 +185,15 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_reference_documents_every_service_variable() {
+        let reference = include_str!("../../../docs/configuration.md");
+        for entry in settings(&[]).expect("defaults are valid").config.effective() {
+            let row = format!("| `{}` |", entry.name);
+            assert!(reference.contains(&row), "docs/configuration.md has no row for {}", entry.name);
+        }
+    }
+
+    #[test]
     fn trusted_proxies_accept_hosts_and_networks() {
         let settings = settings(&[("HTTP_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]).expect("valid");
         assert_eq!(settings.http.trusted_proxies.len(), 2);

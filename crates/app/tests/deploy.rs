@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use infra::config::{Config, Sources};
+use app::settings::Settings;
+use infra::config::Sources;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo_file(path: &str) -> String {
@@ -20,8 +21,8 @@ fn yaml_docs(path: &str) -> Vec<Yaml> {
 
 /// Every variable the configuration reads, from the effective configuration of an empty environment.
 fn known_variables() -> BTreeSet<String> {
-    let config = Config::from_sources(&Sources::from_env_pairs(&[])).expect("defaults are valid");
-    config.effective().iter().map(|entry| entry.name.to_string()).collect()
+    let settings = Settings::from_sources(&Sources::from_env_pairs(&[])).expect("defaults are valid");
+    settings.config.effective().iter().map(|entry| entry.name.to_string()).collect()
 }
 
 /// Variables whose values are secrets: they belong in a Secret, never a ConfigMap.
@@ -64,7 +65,7 @@ fn env_example_lists_exactly_the_known_variables_and_its_values_are_valid() {
     assert!(unknown.is_empty(), ".env.example lists variables the configuration does not read: {unknown:?}");
     assert!(missing.is_empty(), ".env.example misses variables: {missing:?}");
     let pairs: Vec<(&str, &str)> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    if let Err(err) = Config::from_sources(&Sources::from_env_pairs(&pairs)) {
+    if let Err(err) = Settings::from_sources(&Sources::from_env_pairs(&pairs)) {
         panic!(".env.example's values are refused: {err}");
     }
 }
@@ -128,7 +129,7 @@ fn compose_defines_the_seeds_stack_with_healthchecks_and_references_only_what_ex
         pairs.push((name.clone(), substitute_defaults(&scalar(&env[name.as_str()]).unwrap_or_default())));
     }
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    if let Err(err) = Config::from_sources(&Sources::from_env_pairs(&pairs)) {
+    if let Err(err) = Settings::from_sources(&Sources::from_env_pairs(&pairs)) {
         panic!("rust-app's compose environment is refused: {err}");
     }
 }
@@ -171,7 +172,9 @@ fn kubernetes_manifests_probe_the_right_endpoints_and_keep_secrets_out_of_the_co
     // Together they are a valid configuration.
     let pairs: Vec<(&str, &str)> =
         config_map.iter().chain(secret.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let config = Config::from_sources(&Sources::from_env_pairs(&pairs)).unwrap_or_else(|err| panic!("refused: {err}"));
+    let settings =
+        Settings::from_sources(&Sources::from_env_pairs(&pairs)).unwrap_or_else(|err| panic!("refused: {err}"));
+    let config = settings.config;
 
     let docs = yaml_docs("deploy/k8s/deployment.yaml");
     let deployment = &docs[0];

@@ -16,10 +16,11 @@ fn email() -> String {
 
 /// Asserts an RFC 9457 problem with this status and code; returns its body.
 async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(response.status(), status, "status");
+    let actual = response.status();
     let content_type = response.headers()["content-type"].to_str().expect("ascii").to_string();
-    assert_eq!(content_type, "application/problem+json");
     let body: Value = response.json().await.expect("JSON problem");
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(content_type, "application/problem+json");
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status);
     body
