@@ -175,6 +175,26 @@ mod tests {
         assert!(!problem.detail.unwrap_or_default().contains("10.0.0.5"), "internals stay in the logs");
     }
 
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_problem_and_the_router_keeps_serving() {
+        use tower::ServiceExt;
+        async fn boom() -> &'static str {
+            panic!("handler bug with a secret inside")
+        }
+        let router = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .route("/fine", axum::routing::get(|| async { "fine" }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let request = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).expect("request");
+        let response = router.clone().oneshot(request("/boom")).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        assert!(!String::from_utf8_lossy(&body).contains("secret"), "the panic message stays in the logs");
+        let response = router.oneshot(request("/fine")).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     #[test]
     fn other_database_failures_map_to_their_status() {
         assert_eq!(Problem::from_postgres(&PostgresError::StatementTimeout).status, 504);

@@ -225,3 +225,35 @@ async fn each_write_stores_its_event_in_the_outbox_in_the_same_transaction() {
     assert!(!payloads.contains("argon2") && !payloads.contains("another good one"), "no password in events");
     assert!(payloads.contains("\"changed\": [\"password\"]"), "the update names the changed field: {payloads}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_real_routes_and_problems() {
+    let app = spawn_app(&[]).await;
+    let (status, doc) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"), "{}", doc["openapi"]);
+    let expected: [(&str, &[&str]); 6] = [
+        ("/users", &["get", "post"]),
+        ("/users/{id}", &["delete", "get", "patch"]),
+        ("/users/{id}/activity", &["get"]),
+        ("/sessions", &["delete", "post"]),
+        ("/me", &["get"]),
+        ("/openapi.json", &[]),
+    ];
+    for (path, methods) in expected.iter().filter(|(_, methods)| !methods.is_empty()) {
+        let item = doc["paths"][path].as_object().unwrap_or_else(|| panic!("{path} missing"));
+        let mut documented: Vec<&str> = item.keys().map(String::as_str).collect();
+        documented.sort();
+        assert_eq!(&documented, methods, "{path}");
+    }
+    let create = &doc["paths"]["/users"]["post"]["responses"];
+    for status in ["201", "409", "413", "415", "422", "429", "503"] {
+        assert!(create.get(status).is_some(), "POST /users documents {status}");
+    }
+    assert!(create["409"]["content"]["application/problem+json"].is_object(), "problems have their media type");
+    assert!(doc["components"]["schemas"]["Problem"]["properties"]["code"].is_object());
+
+    // Each documented status is one the API really answers with: a 422 is what a bad body gets.
+    let response = app.post_json("/users", &json!({})).await;
+    assert_eq!(response.status(), 422);
+}
