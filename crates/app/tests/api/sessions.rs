@@ -151,3 +151,32 @@ async fn x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     let response = request.header("x-forwarded-for", client_address()).send().await.expect("sent");
     assert_eq!(response.status(), 429, "a forged X-Forwarded-For did not make a new client");
 }
+
+#[tokio::test]
+async fn passwords_and_session_ids_never_reach_the_logs() {
+    use crate::helpers::ServeProcess;
+    let serve = ServeProcess::start(&[("LOG_LEVEL", "trace")]).await;
+    let client = reqwest::Client::new();
+    let email = format!("{}@example.com", unique("secretive"));
+    let password = "hunter2-but-longer";
+    let body = json!({"name": "Secretive", "email": email, "password": password});
+    let created = client.post(format!("{}/users", serve.address)).json(&body).send().await.expect("sent");
+    assert_eq!(created.status(), 201);
+    let login = client.post(format!("{}/sessions", serve.address)).json(&login_body(&email, password)).send().await;
+    let login = login.expect("sent");
+    assert_eq!(login.status(), 201);
+    let cookie = login.headers()["set-cookie"].to_str().expect("ascii").to_string();
+    let pair = cookie.split(';').next().expect("pair").to_string();
+    let session_id = pair.split_once('=').expect("name=value").1.to_string();
+    assert_eq!(session_id.len(), 64);
+    let me = client.get(format!("{}/me", serve.address)).header("cookie", &pair).send().await.expect("sent");
+    assert_eq!(me.status(), 200);
+    let logout = client.delete(format!("{}/sessions", serve.address)).header("cookie", &pair).send().await;
+    assert_eq!(logout.expect("sent").status(), 204);
+
+    let output = serve.stop().await;
+    assert!(output.contains("/sessions"), "the requests were logged at all:\n{output}");
+    assert!(!output.contains(password), "a password leaked into the logs");
+    assert!(!output.contains(&session_id), "a session id leaked into the logs");
+    assert!(!output.contains("$argon2"), "a password hash leaked into the logs");
+}
