@@ -267,3 +267,12 @@ async fn the_openapi_document_describes_the_real_routes_and_problems() {
     let response = app.post_json("/users", &json!({})).await;
     assert_eq!(response.status(), 422);
 }
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_a_503_problem() {
+    // Registration hashes a password (tens of milliseconds of CPU): always over a 1 ms limit.
+    let app = spawn_app(&[("HTTP_REQUEST_TIMEOUT", "1ms")]).await;
+    let response = app.post_json("/users", &new_user(&email())).await;
+    assert!(response.headers().contains_key("retry-after"));
+    problem(response, 503, "timeout").await;
+}
