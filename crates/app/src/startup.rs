@@ -20,6 +20,7 @@ use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::http::{self, AppState};
 use crate::settings::Settings;
+use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
@@ -69,6 +70,9 @@ impl Application {
         let producer = KafkaProducer::new(&config.kafka)?;
         let consumer = KafkaConsumer::new(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
+        // The one consumer logs every event and keeps each user's audit trail from the user events.
+        let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
+        let handler = EventLogHandler::new(event_log.clone()).with_projection(Arc::new(user_activity));
 
         let mut health = HealthRegistry::new(config.health.clone());
         health
@@ -100,7 +104,7 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state),
-            workers: Workers { postgres, producer, consumer, handler: EventLogHandler::new(event_log), metrics },
+            workers: Workers { postgres, producer, consumer, handler, metrics },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
