@@ -22,6 +22,7 @@ use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, rate_limit};
 use crate::settings::Settings;
 use crate::users::Users;
+use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
 use crate::users::postgres::PostgresUsers;
 use crate::users::redis::{RedisSessions, RedisUserCache};
 
@@ -73,6 +74,9 @@ impl Application {
         let producer = KafkaProducer::new(&config.kafka)?;
         let consumer = KafkaConsumer::new(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
+        // The one consumer logs every event and keeps each user's audit trail from the user events.
+        let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
+        let handler = EventLogHandler::new(event_log.clone()).with_projection(Arc::new(user_activity));
 
         let mut health = HealthRegistry::new(config.health.clone());
         health
@@ -118,7 +122,7 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state),
-            workers: Workers { postgres, producer, consumer, handler: EventLogHandler::new(event_log), metrics },
+            workers: Workers { postgres, producer, consumer, handler, metrics },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }

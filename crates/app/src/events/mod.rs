@@ -1,6 +1,7 @@
 //! Events: clients publish them over HTTP, the service's consumer records each one exactly once in the event
-//! log. The domain knows its ports ([`EventPublisher`], [`EventLog`]), not Kafka or PostgreSQL; the adapters
-//! in [`kafka`] and [`postgres`] implement them.
+//! log and hands it to the read models kept from the stream ([`EventProjection`]). The domain knows its ports
+//! ([`EventPublisher`], [`EventLog`]), not Kafka or PostgreSQL; the adapters in [`kafka`] and [`postgres`]
+//! implement them.
 
 pub mod kafka;
 pub mod postgres;
@@ -133,6 +134,40 @@ pub trait EventLog: Send + Sync {
     async fn record(&self, entry: &LoggedEvent) -> Result<bool, PortError>;
     /// The recorded event with this id.
     async fn find(&self, id: uuid::Uuid) -> Result<Option<LoggedEvent>, PortError>;
+}
+
+/// What a projection did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The event is not one this projection follows.
+    Ignored,
+    /// The event's effect was applied now.
+    Applied,
+    /// The event's effect had been applied before (a redelivery): nothing changed.
+    AlreadyApplied,
+}
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event is one this projection follows but it does not parse: no retry can fix it.
+    #[error("poison event: {0}")]
+    Poison(String),
+    /// The store behind the projection failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// A read model kept up to date from the event stream (a user's audit trail, say). The consumer hands every
+/// event to each projection after logging it, so one consumer maintains the event log and every read model,
+/// and a domain adds its own without knowing Kafka. Projections must be idempotent: events are delivered at
+/// least once.
+#[async_trait]
+pub trait EventProjection: Send + Sync {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+    /// Applies `event` if it concerns this projection, at most once per event id.
+    async fn apply(&self, event: &Event) -> Result<Applied, ProjectionError>;
 }
 
 #[cfg(test)]

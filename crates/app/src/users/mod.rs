@@ -1,8 +1,10 @@
 //! Users: registration, profile reads and edits, deletion, login sessions — and the events each write emits.
 //!
-//! The domain speaks through its ports ([`UserRepository`], [`UserCache`], [`SessionStore`]); the adapters
+//! The domain speaks through its ports ([`UserRepository`], [`UserCache`], [`SessionStore`],
+//! [`activity::ActivityRecorder`]); the adapters
 //! in [`postgres`] and [`redis`] implement them with `infra`. Nothing here names sqlx, redis or rdkafka.
 
+pub mod activity;
 pub mod fields;
 pub mod password;
 pub mod postgres;
