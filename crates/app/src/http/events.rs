@@ -105,8 +105,16 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
     if !body.is_object() {
         return Err("the body must be a JSON object with type, key and data".to_string());
     }
-    serde_json::from_value(body).map_err(|err| err.to_string())
+    let event: NewEvent = serde_json::from_value(body).map_err(|err| err.to_string())?;
+    if event.kind.as_str().starts_with(RESERVED_PREFIX) {
+        // The consumer turns user_* events into users' audit trails: only the service's outbox may emit them.
+        return Err(format!("types starting with {RESERVED_PREFIX:?} are reserved for the service's own events"));
+    }
+    Ok(event)
 }
+
+/// Event types only the service itself publishes (through its outbox).
+const RESERVED_PREFIX: &str = "user_";
 
 fn rate_limited(decision: Decision) -> Response {
     let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")

@@ -113,6 +113,7 @@ async fn bad_input_is_a_problem_json_4xx_never_a_500() {
         ("key too long", json!({"type": "user.created", "key": "k".repeat(129)})),
         ("missing key", json!({"type": "user.created"})),
         ("not an object", json!(["user.created", "user-1"])),
+        ("a reserved type", json!({"type": "user_created", "key": uuid::Uuid::now_v7().to_string()})),
     ];
     for (case, body) in unprocessable {
         assert_problem(post_event(&app, &body).await, 422, "invalid-body", case).await;
