@@ -1,7 +1,8 @@
-//! Helpers for the integration tests of the workspace: real servers of the tests' own (PostgreSQL, Redis),
+//! Helpers for the integration tests of the workspace: real servers of the tests' own (PostgreSQL, Redis, Kafka),
 //! per-test databases on the shared stack, fake dependencies, and log capture. Never used by production code.
 
 pub mod fakes;
+pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 
