@@ -2,6 +2,10 @@
 //! it describes, so it exists exactly when the change committed — no "saved but never published", no
 //! "published but rolled back". The relay publishes pending rows to Kafka afterwards.
 
+pub mod health;
+pub mod metrics;
+pub mod relay;
+
 use std::collections::HashMap;
 
 use infra::postgres::{PostgresError, Transaction, sql};
