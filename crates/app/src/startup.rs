@@ -20,6 +20,8 @@ use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, rate_limit};
+use crate::outbox::health::KafkaWithOutboxHealth;
+use crate::outbox::relay::OutboxRelay;
 use crate::settings::Settings;
 use crate::users::Users;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
@@ -40,6 +42,7 @@ struct Workers {
     consumer: KafkaConsumer,
     handler: EventLogHandler,
     metrics: PrometheusHandle,
+    relay: OutboxRelay,
 }
 
 /// A built, not yet running, service: the listener is bound, the clients exist (connected lazily).
@@ -77,16 +80,20 @@ impl Application {
         // The one consumer logs every event and keeps each user's audit trail from the user events.
         let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
         let handler = EventLogHandler::new(event_log.clone()).with_projection(Arc::new(user_activity));
+        let relay =
+            OutboxRelay::new(postgres.clone(), producer.clone(), config.kafka.topic.clone(), settings.outbox.clone());
 
         let mut health = HealthRegistry::new(config.health.clone());
         health
             .register(Arc::new(PostgresHealth::new(postgres.clone())), Criticality::Required)
             .register(Arc::new(RedisHealth::new(redis.clone())), Criticality::Optional)
             .register(
-                Arc::new(
+                Arc::new(KafkaWithOutboxHealth::new(
                     KafkaHealth::new(kafka, config.kafka.topic.clone(), config.health.check_timeout)
                         .with_consumer(consumer.state()),
-                ),
+                    relay.backlog(),
+                    config.health.check_timeout,
+                )),
                 Criticality::Optional,
             );
         let when_unavailable = WhenUnavailable::from_config(&config.redis);
@@ -122,7 +129,7 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state),
-            workers: Workers { postgres, producer, consumer, handler, metrics },
+            workers: Workers { postgres, producer, consumer, handler, metrics, relay },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
@@ -132,9 +139,10 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves and consumes until `stop` resolves. Then, within SHUTDOWN_TIMEOUT: stops accepting and lets
-    /// in-flight requests finish (abandoning them when time runs out), stops the consumer (the record in hand
-    /// is finished and its offset committed), flushes the producer, closes the pools.
+    /// Serves, consumes and relays the outbox until `stop` resolves. Then, within SHUTDOWN_TIMEOUT: stops
+    /// accepting and lets in-flight requests finish (abandoning them when time runs out), stops the consumer (the
+    /// record in hand is finished and its offset committed) and the outbox relay (its round finished or
+    /// abandoned, nothing lost), flushes the producer, closes the pools.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let address = self.local_addr()?;
         let Application { listener, router, workers, shutdown_timeout } = self;
@@ -147,11 +155,14 @@ impl Application {
         let upkeep = spawn_metrics_upkeep(workers.metrics.clone());
         let stop_consuming = CancellationToken::new();
         let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);
+        let stop_relaying = CancellationToken::new();
+        let mut relay = tokio::spawn(workers.relay.run(stop_relaying.clone()));
         tracing::info!(%address, "listening");
 
         tokio::select! {
             ended = &mut server => {
                 upkeep.abort();
+                stop_relaying.cancel();
                 ended.context("HTTP server task failed")?.context("HTTP server failed")?;
                 anyhow::bail!("HTTP server stopped unexpectedly");
             }
@@ -167,10 +178,16 @@ impl Application {
                 server.abort();
             }
         }
+        // The relay stops beside the consumer; its records are acknowledged before the producer is flushed.
+        stop_relaying.cancel();
         stop_consuming.cancel();
         if tokio::time::timeout(remaining(deadline), &mut consumer).await.is_err() {
             tracing::warn!("the event consumer did not stop within SHUTDOWN_TIMEOUT; abandoning it");
             consumer.abort();
+        }
+        if tokio::time::timeout(remaining(deadline), &mut relay).await.is_err() {
+            tracing::warn!("the outbox relay did not stop within SHUTDOWN_TIMEOUT; abandoning its round");
+            relay.abort();
         }
         if let Err(err) = workers.producer.flush(remaining(deadline)).await {
             tracing::warn!(error = %err, "records still unacknowledged at shutdown");
@@ -194,8 +211,8 @@ fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) ->
 }
 
 /// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit, the
-/// producer to flush, the pool to close. Past the deadline each step gets that minimum: a shutdown that ran out
-/// of time still ends within SHUTDOWN_TIMEOUT + 3 × MIN_STOP_TIME.
+/// outbox relay to mark what Kafka acknowledged, the producer to flush, the pool to close. Past the deadline each
+/// step gets that minimum: a shutdown that ran out of time still ends within SHUTDOWN_TIMEOUT + 4 × MIN_STOP_TIME.
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(MIN_STOP_TIME)
 }
