@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod metrics;
 mod migrations;
+mod outbox;
 mod sessions;
 mod shutdown;
 mod telemetry;
