@@ -438,17 +438,32 @@ mod tests {
         assert_eq!(prune_interval(Duration::from_millis(10)), Duration::from_secs(1));
     }
 
+    // The only test reaching these log lines: tracing caches whether a line is wanted where it is first reached,
+    // so an integration test capturing them beside apps of other tests on other threads would be flaky.
     #[test]
-    fn an_outage_is_remembered_until_a_round_succeeds() {
+    fn an_outage_is_logged_once_when_it_begins_and_once_when_it_ends() {
+        let logs = test_support::CapturedLogs::default();
+        let _guard = logs.install();
         let mut outage = Outage::default();
         outage.over();
         assert!(outage.since.is_none());
         let err = RelayError::TimedOut(ROUND_TIMEOUT);
-        outage.failed(&err);
-        outage.failed(&err);
-        assert_eq!(outage.since.map(|(_, rounds)| rounds), Some(2));
+        for _ in 0..3 {
+            outage.failed(&err);
+        }
+        assert_eq!(outage.since.map(|(_, rounds)| rounds), Some(3));
         outage.over();
         assert!(outage.since.is_none());
+        outage.failed(&err);
+
+        let text = logs.text();
+        let lines = |level: &str, message: &str| {
+            text.lines().filter(|line| line.contains(&format!("\"{level}\"")) && line.contains(message)).count()
+        };
+        assert_eq!(lines("WARN", "outbox relay cannot publish"), 2, "one warning per outage:\n{text}");
+        assert_eq!(lines("DEBUG", "outbox relay still failing"), 2, "the retries at debug level:\n{text}");
+        assert_eq!(lines("INFO", "outbox relay publishing again"), 1, "one line at the recovery:\n{text}");
+        assert!(text.contains("\"failed_rounds\":3"), "{text}");
     }
 
     #[test]
