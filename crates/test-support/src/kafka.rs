@@ -16,6 +16,7 @@ fn tansu_binary() -> PathBuf {
 /// tansu on `127.0.0.1:port` with memory storage (it starts empty: no topics, no groups), killed and reaped
 /// when dropped.
 pub struct PrivateKafka {
+    /// The loopback port it listens on, chosen by the test (usually one its clients already point at).
     pub port: u16,
     child: Child,
 }
