@@ -286,6 +286,19 @@ async fn the_rate_limiter_admits_the_burst_then_the_steady_rate_across_instances
 }
 
 #[tokio::test]
+async fn rates_above_a_thousand_per_second_are_honoured() {
+    use infra::redis::{Limit, RateLimiter, WhenUnavailable};
+    // 100 000/s is one request per 10 µs: a Redis round trip takes longer, so a single sequential caller with
+    // no burst to spend is never limited. (Counting in milliseconds made every interval at least 1 ms.)
+    let limiter = RateLimiter::new(client("127.0.0.1:6379", &[]), unique("fast"), WhenUnavailable::Deny);
+    let limit = Limit { rate: 100_000, period: Duration::from_secs(1), burst: 1 };
+    for n in 0..50 {
+        let decision = limiter.check("client", limit).await;
+        assert!(decision.allowed, "request {n}: {decision:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_unreachable_limiter_fails_open_or_closed_as_configured() {
     use infra::redis::{Limit, RateLimiter, WhenUnavailable};
     let closed = format!("127.0.0.1:{}", test_support::free_port());

@@ -145,6 +145,9 @@ impl ServeProcess {
             ("KAFKA_CONSUMER_GROUP", group.as_str()),
             // tansu makes a group join wait half the session timeout.
             ("KAFKA_SESSION_TIMEOUT", "6"),
+            // 127.0.0.1's rate-limit bucket in Redis is shared by every test app.
+            ("RATE_LIMIT_RPS", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
         ];
         all.extend_from_slice(env);
         let workdir = TempDir::new();

@@ -8,14 +8,15 @@ use metrics::counter;
 
 use super::{RedisClient, RedisError};
 
-/// GCRA: the key holds the "theoretical arrival time" (TAT) of the next request, in ms of the server clock.
-/// A request is allowed when TAT - burst×interval <= now; it then moves TAT one interval later.
-/// Returns {allowed, remaining, reset_ms, retry_after_ms}.
+/// GCRA: the key holds the "theoretical arrival time" (TAT) of the next request, in microseconds of the
+/// server clock (milliseconds would cap every limit at 1000 requests per second). A request is allowed when
+/// TAT - burst×interval <= now; it then moves TAT one interval later. Lua numbers are doubles: microsecond
+/// timestamps (~2^51) stay exact. Returns {allowed, remaining, reset_us, retry_after_us}.
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local tolerance = interval * burst
@@ -24,7 +25,7 @@ local allow_at = new_tat - tolerance
 if allow_at > now then
   return {0, 0, tat - now, allow_at - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now - allow_at) / interval), new_tat - now, 0}
 ";
 
@@ -43,8 +44,8 @@ pub struct Limit {
 }
 
 impl Limit {
-    fn interval_ms(&self) -> u64 {
-        (self.period.as_millis() as u64 / u64::from(self.rate.max(1))).max(1)
+    fn interval_us(&self) -> u64 {
+        (self.period.as_micros() as u64 / u64::from(self.rate.max(1))).max(1)
     }
 }
 
@@ -101,17 +102,17 @@ impl RateLimiter {
     pub async fn check(&self, key: &str, limit: Limit) -> Decision {
         let redis_key = format!("{}:{key}", self.prefix);
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(GCRA).arg(1).arg(&redis_key).arg(limit.interval_ms()).arg(limit.burst);
+        cmd.arg(GCRA).arg(1).arg(&redis_key).arg(limit.interval_us()).arg(limit.burst);
         match self.redis.script::<(u8, u64, u64, u64)>("EVAL gcra", &redis_key, cmd).await {
-            Ok((allowed, remaining, reset_ms, retry_ms)) => {
+            Ok((allowed, remaining, reset_us, retry_us)) => {
                 let allowed = allowed == 1;
                 counter!(DECISIONS, "decision" => if allowed { "allowed" } else { "limited" }).increment(1);
                 Decision {
                     allowed,
                     limit: limit.burst,
                     remaining: u32::try_from(remaining).unwrap_or(u32::MAX).min(limit.burst),
-                    reset: Duration::from_millis(reset_ms),
-                    retry_after: Duration::from_millis(retry_ms),
+                    reset: Duration::from_micros(reset_us),
+                    retry_after: Duration::from_micros(retry_us),
                 }
             }
             Err(err) => self.unavailable(limit, &err),
@@ -122,7 +123,7 @@ impl RateLimiter {
         let allowed = self.when_unavailable == WhenUnavailable::Allow;
         tracing::warn!(error = %err, allowed, "rate limiter cannot reach Redis");
         counter!(DECISIONS, "decision" => if allowed { "fail_open" } else { "fail_closed" }).increment(1);
-        let wait = Duration::from_millis(limit.interval_ms());
+        let wait = Duration::from_micros(limit.interval_us());
         Decision {
             allowed,
             limit: limit.burst,
