@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::http::sessions::CookieSettings;
-use crate::http::{self, AppState, Limits, RequestLimits, rate_limit};
+use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
 use crate::outbox::relay::OutboxRelay;
 use crate::settings::Settings;
@@ -97,7 +97,7 @@ impl Application {
                 Criticality::Optional,
             );
         let when_unavailable = WhenUnavailable::from_config(&config.redis);
-        let state = AppState {
+        let state = AppState::new(Services {
             health: Arc::new(health),
             metrics: metrics.clone(),
             events: Arc::new(KafkaEventPublisher::new(producer.clone(), config.kafka.topic.clone())),
@@ -116,7 +116,7 @@ impl Application {
                 ttl: settings.sessions.ttl,
             },
             requests: RequestLimits { body_limit: settings.http.body_limit, timeout: settings.http.request_timeout },
-        };
+        });
         tracing::info!(
             service = %config.service.name,
             version = %config.service.version,

@@ -30,9 +30,27 @@ use crate::users::Users;
 use problem::Problem;
 use sessions::CookieSettings;
 
-/// What handlers share.
+/// What handlers share. axum clones the state for every extractor and middleware of every request: behind
+/// one `Arc`, that is a reference count, not a copy of the limiters' strings and the proxy list.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Shares `services` with every handler.
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services handlers use.
+pub struct Services {
     /// Health checks of every dependency.
     pub health: Arc<HealthRegistry>,
     /// Renders every metric of the process for `/metrics`.
