@@ -59,8 +59,11 @@ impl PasswordHash {
         static DECOY: tokio::sync::OnceCell<PasswordHash> = tokio::sync::OnceCell::const_new();
         DECOY
             .get_or_init(|| async {
-                let random = Password::candidate(uuid::Uuid::new_v4().to_string()).unwrap_or_else(|_| unreachable!());
-                PasswordHash::of(&random).await.unwrap_or_else(|_| PasswordHash(String::new()))
+                // A UUID is always an acceptable candidate; were it not, an empty hash also matches nothing.
+                match Password::candidate(uuid::Uuid::new_v4().to_string()) {
+                    Ok(random) => PasswordHash::of(&random).await.unwrap_or_else(|_| PasswordHash(String::new())),
+                    Err(_) => PasswordHash(String::new()),
+                }
             })
             .await
     }
