@@ -1,19 +1,20 @@
 //! `POST /events` publishes an event; `GET /events/{id}` shows it once the consumer recorded it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use infra::redis::{Decision, Limit};
+use infra::redis::Limit;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::client_ip::ClientIp;
 use super::problem::Problem;
+use super::rate_limit::too_many_requests;
 use crate::events::{Event, EventKey, EventType, MAX_DATA_BYTES};
 
 /// Publications admitted per client address: 50 per second on average, bursts of 100.
@@ -33,12 +34,17 @@ pub struct NewEvent {
 /// Publishes the event and answers 202 with its id and place in the stream once Kafka acknowledged it.
 pub async fn publish(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: Option<Extension<ClientIp>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    let decision = state.publish_limiter.check(&client.ip().to_string(), PUBLISH_LIMIT).await;
+    // The client as the per-IP middleware attributed it (behind a trusted proxy: the forwarded address).
+    let client = client.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(ip))| ip.to_string());
+    let decision = state.publish_limiter.check(&client, PUBLISH_LIMIT).await;
     if !decision.allowed {
-        return rate_limited(decision);
+        return too_many_requests(
+            decision,
+            &format!("at most {} events may be published at once; retry later", decision.limit),
+        );
     }
     let new = match body.map(|Json(body)| parse_event(body)) {
         Ok(Ok(new)) => new,
@@ -68,11 +74,10 @@ pub async fn publish(
         }
         Err(err) => {
             tracing::warn!(error = %err, "event not published");
-            let mut problem =
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
-                    .detail("the event stream did not acknowledge the event in time; it may or may not have been stored, retry later");
-            problem.retry_after = Some(1);
-            problem.into_response()
+            Problem::unavailable(
+                "the event stream did not acknowledge the event in time; it may or may not have been stored, retry later",
+            )
+            .into_response()
         }
     }
 }
@@ -91,10 +96,7 @@ pub async fn find(State(state): State<AppState>, Path(id): Path<String>) -> Resp
             .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "event log unavailable");
-            let mut problem =
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable");
-            problem.retry_after = Some(1);
-            problem.into_response()
+            Problem::unavailable("the event log is unavailable; retry later").into_response()
         }
     }
 }
@@ -115,16 +117,3 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
 
 /// Event types only the service itself publishes (through its outbox).
 const RESERVED_PREFIX: &str = "user_";
-
-fn rate_limited(decision: Decision) -> Response {
-    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
-        .detail(format!("at most {} events may be published at once; retry later", decision.limit));
-    problem.retry_after = Some(decision.retry_after.as_secs().max(1));
-    let mut response = problem.into_response();
-    response.headers_mut().insert("ratelimit-limit", HeaderValue::from(decision.limit));
-    response.headers_mut().insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    response
-        .headers_mut()
-        .insert(header::HeaderName::from_static("ratelimit-reset"), HeaderValue::from(decision.reset.as_secs()));
-    response
-}
