@@ -58,6 +58,9 @@ pub struct SessionSettings {
 pub struct UserSettings {
     /// `USER_CACHE_TTL`: how long a user stays in Redis after a read (writes invalidate it at once).
     pub cache_ttl: Duration,
+    /// `PASSWORD_HASH_CONCURRENCY` / `PASSWORD_HASH_QUEUE`: password hashes running at once (0, the default:
+    /// one per CPU) and waiting for a turn; beyond that a login or registration gets 503 at once.
+    pub hashing: crate::users::HashingLimits,
 }
 
 /// The outbox relay.
@@ -117,7 +120,14 @@ impl SessionSettings {
 
 impl UserSettings {
     fn read(r: &mut Reader<'_>) -> Self {
-        UserSettings { cache_ttl: r.duration("USER_CACHE_TTL", Duration::from_secs(300), Unit::Seconds, false) }
+        let cache_ttl = r.duration("USER_CACHE_TTL", Duration::from_secs(300), Unit::Seconds, false);
+        let concurrency: usize = r.int("PASSWORD_HASH_CONCURRENCY", 0, 0, 1024);
+        let queue = r.int("PASSWORD_HASH_QUEUE", 16, 0, 100_000);
+        let concurrency = match concurrency {
+            0 => crate::users::HashingLimits::from_cpu_count().concurrency,
+            n => n,
+        };
+        UserSettings { cache_ttl, hashing: crate::users::HashingLimits { concurrency, queue } }
     }
 }
 

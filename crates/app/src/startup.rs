@@ -208,6 +208,7 @@ fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) ->
         Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)),
         Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl)),
     )
+    .with_hashing_limits(settings.users.hashing)
 }
 
 /// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit, the

@@ -297,6 +297,12 @@ pub fn user_problem(err: UserError) -> Problem {
         UserError::Unauthenticated => {
             Problem::new(StatusCode::UNAUTHORIZED, code, "Not signed in").detail("sign in with POST /sessions first")
         }
+        UserError::Overloaded { retry_after_secs } => {
+            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, "Too busy")
+                .detail("too many password checks are in progress; retry shortly");
+            problem.retry_after = Some(retry_after_secs);
+            problem
+        }
         UserError::Unavailable(cause) => {
             tracing::warn!(error = %cause, "request failed: dependency unavailable");
             Problem::unavailable("a required dependency is unavailable; retry later")

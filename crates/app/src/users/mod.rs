@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use fields::{Email, Name, Password};
-pub use password::PasswordHash;
+pub use password::{HashingLimits, PasswordHash, PasswordHasher};
 pub use service::{Credentials, UserChanges, Users, parse_registration};
 
 use crate::port::PortError;
@@ -126,6 +126,12 @@ pub enum UserError {
     /// No valid session.
     #[error("not signed in")]
     Unauthenticated,
+    /// Too many password hashes are running and waiting: retry after the given number of seconds.
+    #[error("overloaded: too many password hashes in progress")]
+    Overloaded {
+        /// When a retry has a fair chance.
+        retry_after_secs: u64,
+    },
     /// A required dependency is down: worth retrying later.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -143,6 +149,7 @@ impl UserError {
             UserError::EmailTaken => "email-taken",
             UserError::InvalidCredentials => "invalid-credentials",
             UserError::Unauthenticated => "unauthenticated",
+            UserError::Overloaded { .. } => "overloaded",
             UserError::Unavailable(_) => "dependency-unavailable",
             UserError::Internal(_) => "internal",
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{
-    Email, FieldError, Name, NewUser, Page, Password, PasswordHash, SessionStore, SessionToken, StoredChanges, User,
+    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken, StoredChanges, User,
     UserCache, UserError, UserId, UserRepository,
 };
 
@@ -43,6 +43,7 @@ pub struct Users {
     repository: Arc<dyn UserRepository>,
     cache: Arc<dyn UserCache>,
     sessions: Arc<dyn SessionStore>,
+    hasher: PasswordHasher,
 }
 
 impl Users {
@@ -52,13 +53,19 @@ impl Users {
         cache: Arc<dyn UserCache>,
         sessions: Arc<dyn SessionStore>,
     ) -> Self {
-        Users { repository, cache, sessions }
+        Users { repository, cache, sessions, hasher: PasswordHasher::new(HashingLimits::from_cpu_count()) }
+    }
+
+    /// Bounds password hashing by `limits` instead of the CPU count's default.
+    pub fn with_hashing_limits(mut self, limits: HashingLimits) -> Self {
+        self.hasher = PasswordHasher::new(limits);
+        self
     }
 
     /// Registers a user; the email must not be in use (ignoring case).
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
-        let password_hash = PasswordHash::of(&password).await?;
+        let password_hash = self.hasher.hash(&password).await?;
         let user = self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash }).await?;
         // A failed GET before the registration may have cached nothing, but a deleted user's id is never
         // reused, so there is nothing to invalidate here.
@@ -88,7 +95,11 @@ impl Users {
             )]));
         }
         let password_hash = match password {
-            Some(password) => Some(PasswordHash::of(&password).await?),
+            // Hashing is the expensive part: a change for a user that does not exist costs no hash.
+            Some(password) => {
+                self.repository.find(id).await?.ok_or(UserError::NotFound)?;
+                Some(self.hasher.hash(&password).await?)
+            }
             None => None,
         };
         let changes = StoredChanges { name, email, password_hash };
@@ -152,10 +163,10 @@ impl Users {
             return Err(UserError::Invalid(errors));
         };
         let Some((user, hash)) = self.repository.find_credentials(&email).await? else {
-            PasswordHash::decoy().await.verify(&password).await?;
+            self.hasher.verify_decoy(&password).await?;
             return Err(UserError::InvalidCredentials);
         };
-        if !hash.verify(&password).await? {
+        if !self.hasher.verify(&hash, &password).await? {
             return Err(UserError::InvalidCredentials);
         }
         let token = self.sessions.create(user.id).await?;
