@@ -32,16 +32,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use app::http::extract::IdPath;
 use app::http::rate_limit;
-use app::http::users::{UserBody, parse_id};
+use app::http::users::UserBody;
 use app::settings::Settings;
 use app::startup::Application;
-use app::users::Users;
 use app::users::postgres::PostgresUsers;
 use app::users::redis::{RedisSessions, RedisUserCache};
+use app::users::{CachedUserRepository, Users};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -220,8 +221,7 @@ async fn limit(State(limits): State<Arc<(RateLimiter, Limit)>>, request: Request
 }
 
 /// The service's handler body without its state: the user through `Users::get`, as JSON.
-async fn cached(State(users): State<Users>, Path(id): Path<String>) -> Response {
-    let Ok(id) = parse_id(&id) else { return StatusCode::BAD_REQUEST.into_response() };
+async fn cached(State(users): State<Users>, IdPath(id): IdPath) -> Response {
     match users.get(id).await {
         Ok(user) => axum::Json(UserBody::from(user)).into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
@@ -244,9 +244,9 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
         Side::Cache => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");
             let postgres = PostgresClient::connect_lazy(&config.postgres).expect("postgres client");
+            let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
             let users = Users::new(
-                Arc::new(PostgresUsers::new(postgres)),
-                Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)),
+                Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres), cache)),
                 Arc::new(RedisSessions::new(redis, settings.sessions.ttl)),
             );
             serve(Router::new().route("/users/{id}", get(cached)).with_state(users)).await

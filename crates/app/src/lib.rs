@@ -1,7 +1,6 @@
 //! rust-app: a service built on the `infra` crate.
 
 pub mod cli;
-pub mod dlq;
 pub mod events;
 pub mod http;
 pub mod migrations;

@@ -23,10 +23,10 @@ use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
 use crate::outbox::relay::OutboxRelay;
 use crate::settings::Settings;
-use crate::users::Users;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
 use crate::users::postgres::PostgresUsers;
 use crate::users::redis::{RedisSessions, RedisUserCache};
+use crate::users::{CachedUserRepository, Users};
 
 /// Partitions of the event topic when the service creates it.
 const EVENT_TOPIC_PARTITIONS: i32 = 3;
@@ -203,9 +203,9 @@ impl Application {
 
 /// The users use cases over PostgreSQL (users, outbox) and Redis (cache, sessions).
 fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) -> Users {
+    let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
     Users::new(
-        Arc::new(PostgresUsers::new(postgres.clone())),
-        Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)),
+        Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres.clone()), cache)),
         Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl)),
     )
     .with_hashing_limits(settings.users.hashing)

@@ -1,7 +1,7 @@
 //! The event log in PostgreSQL (table `event_log`): one row per event id, so redeliveries change nothing.
 
 use async_trait::async_trait;
-use infra::postgres::{PostgresClient, PostgresError, sql};
+use infra::postgres::{PostgresClient, sql};
 
 use super::{Event, EventKey, EventLog, EventType, LoggedEvent, Origin, PortError};
 
@@ -33,7 +33,7 @@ impl EventLog for PostgresEventLog {
         .bind(entry.origin.partition)
         .bind(entry.origin.offset)
         .bind(entry.event.occurred_at);
-        let inserted = self.client.exec(statement).await.map_err(port_error)?;
+        let inserted = self.client.exec(statement).await?;
         Ok(inserted == 1)
     }
 
@@ -43,7 +43,7 @@ impl EventLog for PostgresEventLog {
              FROM event_log WHERE id = $1::uuid",
         )
         .bind(id.to_string());
-        let row: Option<Row> = self.client.query_optional(statement).await.map_err(port_error)?;
+        let row: Option<Row> = self.client.query_optional(statement).await?;
         row.map(logged_event).transpose()
     }
 }
@@ -59,9 +59,4 @@ fn logged_event((id, kind, key, data, topic, partition, offset, occurred_at): Ro
         occurred_at,
     };
     Ok(LoggedEvent { event, origin: Origin { topic, partition, offset } })
-}
-
-/// A PostgreSQL failure as a port failure: an unreachable database is "unavailable".
-pub(crate) fn port_error(err: PostgresError) -> PortError {
-    if err.is_unavailable() { PortError::unavailable(err.to_string()) } else { PortError::failed(err.to_string()) }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infra::redis::Limit;
@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::client_ip::ClientIp;
+use super::extract::IdPath;
 use super::problem::Problem;
 use super::rate_limit::too_many_requests;
 use crate::events::{Event, EventKey, EventType, MAX_DATA_BYTES};
@@ -83,12 +84,7 @@ pub async fn publish(
 }
 
 /// The recorded event, or 404 while it is not (yet) recorded.
-pub async fn find(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<uuid::Uuid>() else {
-        return Problem::new(StatusCode::BAD_REQUEST, "invalid-id", "Invalid id")
-            .detail("id must be a UUID")
-            .into_response();
-    };
+pub async fn find(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
     match state.event_log.find(id).await {
         Ok(Some(logged)) => Json(logged).into_response(),
         Ok(None) => Problem::new(StatusCode::NOT_FOUND, "event-not-found", "Event not found")

@@ -1,7 +1,9 @@
 //! The HTTP surface: routes, shared state and error responses.
 
+pub mod body;
 pub mod client_ip;
 mod events;
+pub mod extract;
 mod health;
 pub mod observe;
 pub mod openapi;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use infra::health::HealthRegistry;
@@ -93,15 +95,32 @@ pub struct RequestLimits {
     pub timeout: Duration,
 }
 
-/// All routes with their middleware.
+/// All routes with their middleware: the ops routes and the API routes, each with the layers its audience
+/// needs, composed here under one `observe` layer that sees (and measures) every answer of both, 429s included.
 pub fn router(state: AppState) -> Router {
     let requests = state.requests;
-    Router::new()
+    ops_router(requests).merge(api_router(state.clone())).layer(from_fn(observe::observe)).with_state(state)
+}
+
+/// The routes the platform running the service calls: probes, health, metrics. Never rate limited (a probe or
+/// a scraper answered 429 would restart or blind the service exactly when it is busy) and, later, never behind
+/// the API's access control.
+fn ops_router(requests: RequestLimits) -> Router<AppState> {
+    // Polled every few seconds: marked outside the limits so that even a timed-out probe is logged at debug.
+    let polled = Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
-        .route("/health", get(health::health))
-        .route("/health/{component}", get(health::component))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let inspected =
+        Router::new().route("/health", get(health::health)).route("/health/{component}", get(health::component));
+    handled(polled, requests).route_layer(map_response(observe::mark_polled)).merge(handled(inspected, requests))
+}
+
+/// The routes clients call: users, sessions, events, the API's description, and the answer to unknown paths.
+/// Limited per client address; the place for access control.
+fn api_router(state: AppState) -> Router<AppState> {
+    let requests = state.requests;
+    let routes = Router::new()
         .route("/events", post(events::publish))
         .route("/events/{id}", get(events::find))
         .route("/users", post(users::create).get(users::list))
@@ -110,16 +129,19 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions", post(sessions::login).delete(sessions::logout))
         .route("/me", get(sessions::me))
         .route("/openapi.json", get(openapi::document))
-        .fallback(problem::not_found)
+        .fallback(problem::not_found);
+    // Outside the request's limits: the rate limit answers before any work.
+    handled(routes, requests).layer(from_fn_with_state(state, rate_limit::limit_per_ip))
+}
+
+/// What every route gets, innermost first: the 405 problem for a known path called with another method, the
+/// timeout bounding the handler, the body limit, and a panic answered as a 500 problem.
+fn handled(routes: Router<AppState>, requests: RequestLimits) -> Router<AppState> {
+    routes
         .method_not_allowed_fallback(problem::method_not_allowed)
-        // Innermost first: the timeout bounds the handler, a panic becomes a 500 problem, the rate limit
-        // answers before any work, and observe sees (and measures) every answer, 429s included.
         .layer(from_fn_with_state(requests.timeout, time_limit))
         .layer(DefaultBodyLimit::max(requests.body_limit))
         .layer(CatchPanicLayer::custom(problem::panic_response))
-        .layer(from_fn_with_state(state.clone(), rate_limit::limit_per_ip))
-        .layer(from_fn(observe::observe))
-        .with_state(state)
 }
 
 /// Answers 503 (with `Retry-After`) when a request takes longer than HTTP_REQUEST_TIMEOUT; its work is

@@ -23,8 +23,17 @@ pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
 
 /// The longest request id taken from a caller; longer ones are replaced (they would bloat every log line).
 const MAX_REQUEST_ID_LEN: usize = 128;
-/// Routes polled by machines (probes, scrapers): logged at debug so they do not drown the request log.
-const QUIET_ROUTES: [&str; 3] = ["/livez", "/readyz", "/metrics"];
+
+/// Marks the answer of a route polled by machines (probes, scrapers): its request is logged at debug so it does
+/// not drown the request log. The router layers [`mark_polled`] onto those routes; observe never compares paths.
+#[derive(Clone, Copy, Debug)]
+pub struct Polled;
+
+/// Marks `response` as [`Polled`]; for `axum::middleware::map_response`.
+pub async fn mark_polled(mut response: Response) -> Response {
+    response.extensions_mut().insert(Polled);
+    response
+}
 
 /// Wraps every request: takes `x-request-id` from the caller (or makes one), runs the request inside its
 /// span with the id as correlation id, and returns the id in the response.
@@ -71,7 +80,7 @@ fn finish(span: &tracing::Span, method: &'static str, route: &str, response: &Re
     metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
-        if QUIET_ROUTES.contains(&route) {
+        if response.extensions().get::<Polled>().is_some() {
             tracing::debug!(status = status.as_u16(), duration_ms, "request finished");
         } else {
             tracing::info!(status = status.as_u16(), duration_ms, "request finished");
@@ -123,5 +132,45 @@ mod tests {
     fn unknown_methods_share_one_label() {
         assert_eq!(method_label(&Method::GET), "GET");
         assert_eq!(method_label(&Method::from_bytes(b"PURGE").expect("method")), "_OTHER");
+    }
+
+    /// The level of every "request finished" line logged while serving `path` with `router`.
+    async fn finished_levels(router: axum::Router, path: &str) -> Vec<tracing::Level> {
+        use std::sync::Mutex;
+        use tower::ServiceExt;
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+
+        struct Finished(Arc<Mutex<Vec<tracing::Level>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Finished {
+            fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+                let mut message = String::new();
+                event.record(&mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                    if field.name() == "message" {
+                        message = format!("{value:?}");
+                    }
+                });
+                if message == "request finished" {
+                    self.0.lock().expect("levels").push(*event.metadata().level());
+                }
+            }
+        }
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Finished(levels.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let request = Request::get(path).body(axum::body::Body::empty()).expect("request");
+        router.oneshot(request).await.expect("answered");
+        levels.lock().expect("levels").clone()
+    }
+
+    #[tokio::test]
+    async fn routes_marked_polled_are_logged_at_debug_and_every_other_at_info() {
+        use axum::routing::get;
+        let polled = axum::Router::new()
+            .route("/probe", get(|| async { "up" }))
+            .route_layer(axum::middleware::map_response(mark_polled));
+        let router = polled.route("/api", get(|| async { "data" })).layer(axum::middleware::from_fn(observe));
+        assert_eq!(finished_levels(router.clone(), "/probe").await, [tracing::Level::DEBUG]);
+        assert_eq!(finished_levels(router.clone(), "/api").await, [tracing::Level::INFO]);
+        assert_eq!(finished_levels(router, "/nowhere").await, [tracing::Level::INFO]);
     }
 }

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use infra::postgres::PostgresError;
 use serde::Serialize;
 
 /// The media type of problem details.
@@ -58,28 +57,6 @@ impl Problem {
             code: code.to_string(),
             errors: Vec::new(),
             retry_after: None,
-        }
-    }
-
-    /// The answer to a database failure: 503 with `Retry-After` when PostgreSQL is unavailable (the cause goes
-    /// to the logs, not to the client), 504 on a statement timeout, 500 otherwise.
-    pub fn from_postgres(err: &PostgresError) -> Self {
-        match err {
-            PostgresError::Unavailable { retry_in, .. } => {
-                let mut problem =
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service unavailable")
-                        .detail("the database is unavailable; retry later");
-                problem.retry_after = Some(retry_in.map_or(1, |d| d.as_secs().max(1)));
-                problem
-            }
-            PostgresError::PoolExhausted { .. } => {
-                let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
-                    .detail("no database connection became free in time; retry later");
-                problem.retry_after = Some(1);
-                problem
-            }
-            PostgresError::StatementTimeout => Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),
-            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 
@@ -157,23 +134,7 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    #[test]
-    fn an_unavailable_database_is_a_503_with_retry_after_and_no_cause() {
-        let err = PostgresError::Unavailable {
-            cause: "connection refused at 10.0.0.5".into(),
-            retry_in: Some(Duration::from_millis(2500)),
-        };
-        let response = Problem::from_postgres(&err).into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
-        let problem = Problem::from_postgres(&err);
-        assert!(!problem.detail.unwrap_or_default().contains("10.0.0.5"), "internals stay in the logs");
-    }
 
     #[tokio::test]
     async fn a_panicking_handler_gets_a_500_problem_and_the_router_keeps_serving() {
@@ -193,15 +154,5 @@ mod tests {
         assert!(!String::from_utf8_lossy(&body).contains("secret"), "the panic message stays in the logs");
         let response = router.oneshot(request("/fine")).await.expect("answered");
         assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    #[test]
-    fn other_database_failures_map_to_their_status() {
-        assert_eq!(Problem::from_postgres(&PostgresError::StatementTimeout).status, 504);
-        assert_eq!(
-            Problem::from_postgres(&PostgresError::PoolExhausted { waited: Duration::from_secs(5) }).status,
-            503
-        );
-        assert_eq!(Problem::from_postgres(&PostgresError::NotFound).status, 500);
     }
 }

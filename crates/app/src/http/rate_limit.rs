@@ -15,10 +15,6 @@ use super::AppState;
 use super::client_ip::{ClientIp, client_ip};
 use super::problem::Problem;
 
-/// Operational endpoints are never limited: a probe or a scraper answered 429 would restart or blind the
-/// service exactly when it is busy.
-const EXEMPT: [&str; 4] = ["/livez", "/readyz", "/metrics", "/health"];
-
 /// The per-IP limit of every API route.
 pub fn per_ip_limit(rate_per_second: u32, burst: u32) -> Limit {
     Limit { rate: rate_per_second, period: Duration::from_secs(1), burst }
@@ -30,7 +26,7 @@ pub fn login_limit(attempts_per_minute: u32) -> Limit {
 }
 
 /// Attributes the request to its client ([`ClientIp`] in the extensions, for handlers) and applies the per-IP
-/// limit to every route but the operational ones.
+/// limit. Layered onto the API routes only (see `http::router`): the operational ones are never limited.
 pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let Some(peer) = peer else {
@@ -39,10 +35,6 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, n
     };
     let client = client_ip(peer, request.headers(), &state.limits.trusted_proxies);
     request.extensions_mut().insert(ClientIp(client));
-    let path = request.uri().path();
-    if EXEMPT.iter().any(|exempt| path == *exempt || path.starts_with("/health/")) {
-        return next.run(request).await;
-    }
     let decision = state.limits.limiter.check(&format!("ip:{client}"), state.limits.per_ip).await;
     if !decision.allowed {
         return too_many_requests(decision, "too many requests from this address; retry later");

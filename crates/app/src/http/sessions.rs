@@ -17,10 +17,11 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::body::object;
 use super::client_ip::ClientIp;
 use super::problem::Problem;
 use super::rate_limit::{set_headers, too_many_requests};
-use super::users::{UserBody, object, user_problem};
+use super::users::{UserBody, user_problem};
 use crate::users::{Credentials, SessionToken};
 
 /// How the session cookie is made.

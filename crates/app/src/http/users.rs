@@ -1,22 +1,20 @@
 //! The users API: `POST /users`, `GET /users`, `GET|PATCH|DELETE /users/{id}`, `GET /users/{id}/activity`.
 
-// The helpers return a ready response (or problem) as their error: built once per refused request, boxing it
-// would buy nothing.
-#![allow(clippy::result_large_err)]
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::body::object;
+use super::extract::IdPath;
 use super::problem::{FieldProblem, Problem};
-use crate::users::{Activity, Credentials, Page, User, UserChanges, UserError, UserId, parse_registration};
+use crate::users::{Activity, Credentials, Page, User, UserChanges, UserError, parse_registration};
 use uuid::Uuid;
 
 /// A user as the API returns it.
@@ -149,16 +147,12 @@ pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, Jso
     };
     let input =
         Credentials { name: fields.take("name"), email: fields.take("email"), password: fields.take("password") };
-    if !fields.problems.is_empty() {
-        // Report the other fields' problems too, so one round trip shows everything to fix.
-        let more = parse_registration(input).err().unwrap_or_default();
-        let more: Vec<FieldProblem> = more
-            .into_iter()
-            .filter(|e| !fields.problems.iter().any(|p| p.field == e.field))
-            .map(|e| FieldProblem { field: e.field, message: e.message })
-            .collect();
-        fields.problems.extend(more);
-        return Problem::invalid(fields.problems).into_response();
+    let registration_problems = || {
+        let errors = parse_registration(input.clone()).err().unwrap_or_default();
+        errors.into_iter().map(|e| FieldProblem { field: e.field, message: e.message }).collect()
+    };
+    if let Some(problem) = fields.problem_with(registration_problems) {
+        return problem.into_response();
     }
     match state.users.register(input).await {
         Ok(user) => {
@@ -181,11 +175,7 @@ pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, Jso
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable (and the user not cached)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
+pub async fn get(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
     respond(state.users.get(id).await.map(|user| Json(UserBody::from(user))))
 }
 
@@ -201,13 +191,9 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     ))]
 pub async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
     let mut fields = match object(body, &["name", "email", "password"]) {
         Ok(fields) => fields,
         Err(response) => return response,
@@ -227,11 +213,7 @@ pub async fn update(
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
+pub async fn delete(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
     respond(state.users.delete(id).await.map(|()| StatusCode::NO_CONTENT))
 }
 
@@ -264,11 +246,7 @@ pub async fn list(
         (status = 404, description = "No such user and no trail", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn activity(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
+pub async fn activity(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
     let trail = state.users.activity(id).await;
     respond(trail.map(|entries| Json(entries.into_iter().map(ActivityBody::from).collect::<Vec<_>>())))
 }
@@ -314,50 +292,20 @@ pub fn user_problem(err: UserError) -> Problem {
     }
 }
 
-/// A path id that must be a UUID.
-pub fn parse_id(raw: &str) -> Result<UserId, Problem> {
-    raw.parse::<UserId>()
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", "Invalid id").detail("id must be a UUID"))
-}
+#[cfg(test)]
+mod tests {
+    use axum::http::header;
 
-/// The fields of a JSON object body, taken one by one; wrong types and unknown fields are collected as
-/// field problems.
-pub struct Fields {
-    map: Map<String, Value>,
-    problems: Vec<FieldProblem>,
-}
+    use super::*;
+    use crate::http::problem::PROBLEM_JSON;
 
-impl Fields {
-    /// The string field `name`, if present; a non-string value is a problem.
-    pub fn take(&mut self, name: &str) -> Option<String> {
-        match self.map.remove(name) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(value)) => Some(value),
-            Some(_) => {
-                self.problems.push(FieldProblem { field: name.to_string(), message: "must be a string".into() });
-                None
-            }
-        }
+    #[test]
+    fn an_unavailable_dependency_is_a_503_with_retry_after_and_no_cause() {
+        let problem = user_problem(UserError::Unavailable("connection refused at 10.0.0.5".into()));
+        assert!(!problem.detail.clone().unwrap_or_default().contains("10.0.0.5"), "internals stay in the logs");
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
     }
-
-    /// The 422 for the problems found so far, if any.
-    pub fn problem(self) -> Option<Problem> {
-        (!self.problems.is_empty()).then(|| Problem::invalid(self.problems))
-    }
-}
-
-/// The body as a JSON object with only `allowed` keys, or the response refusing it.
-pub fn object(body: Result<Json<Value>, JsonRejection>, allowed: &[&str]) -> Result<Fields, Response> {
-    let body = body.map_err(|rejection| Problem::from_rejection(&rejection).into_response())?;
-    let Value::Object(map) = body.0 else {
-        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body")
-            .detail("the body must be a JSON object")
-            .into_response());
-    };
-    let problems = map
-        .keys()
-        .filter(|key| !allowed.contains(&key.as_str()))
-        .map(|key| FieldProblem { field: key.clone(), message: "is not a known field".into() })
-        .collect();
-    Ok(Fields { map, problems })
 }

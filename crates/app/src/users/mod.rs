@@ -2,9 +2,11 @@
 //!
 //! The domain speaks through its ports ([`UserRepository`], [`UserCache`], [`SessionStore`],
 //! [`activity::ActivityRecorder`]); the adapters
-//! in [`postgres`] and [`redis`] implement them with `infra`. Nothing here names sqlx, redis or rdkafka.
+//! in [`postgres`] and [`redis`] implement them with `infra`, and [`CachedUserRepository`] puts the cache in
+//! front of the repository. Nothing here names sqlx, redis or rdkafka.
 
 pub mod activity;
+pub mod cache;
 pub mod fields;
 pub mod password;
 pub mod postgres;
@@ -12,11 +14,11 @@ pub mod redis;
 mod service;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use cache::CachedUserRepository;
 pub use fields::{Email, Name, Password};
 pub use password::{HashingLimits, PasswordHash, PasswordHasher};
 pub use service::{Credentials, UserChanges, Users, parse_registration};
@@ -218,12 +220,12 @@ pub trait UserRepository: Send + Sync {
     async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError>;
 }
 
-/// A read-through cache of users. It degrades instead of failing: when the cache is down, reads go to the
-/// repository.
+/// A read-through cache of users, put in front of a repository by [`CachedUserRepository`]. It degrades
+/// instead of failing: when the cache is down, reads go to the repository.
 #[async_trait]
 pub trait UserCache: Send + Sync {
-    /// The cached user, or `load`'s result (stored when it is a user).
-    async fn get_or_load(&self, id: UserId, load: BoxFuture<'_, Result<User, UserError>>) -> Result<User, UserError>;
+    /// The cached user, or the one `repository` finds (then cached; an unknown id is not cached).
+    async fn find_through(&self, id: UserId, repository: &dyn UserRepository) -> Result<Option<User>, UserError>;
     /// Forgets the user after a write. Failures are logged, not returned: the entry expires anyway.
     async fn invalidate(&self, id: UserId);
 }

@@ -9,6 +9,7 @@ use super::{
     Activity, Email, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId, UserRepository,
 };
 use crate::events::{Event, EventKey, EventType};
+use crate::port::PortError;
 
 /// The repository over the service's PostgreSQL pool.
 #[derive(Clone, Debug)]
@@ -165,5 +166,5 @@ fn write_error(err: PostgresError) -> UserError {
 }
 
 fn read_error(err: PostgresError) -> UserError {
-    crate::events::postgres::port_error(err).into()
+    PortError::from(err).into()
 }

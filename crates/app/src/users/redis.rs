@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use infra::redis::{Cache, RedisClient, RedisError, SessionId};
 
-use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId};
+use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId, UserRepository};
 
 /// Users cached in Redis under `user:{id}` for a TTL; writes delete the entry.
 #[derive(Clone, Debug)]
@@ -31,8 +30,14 @@ pub fn cache_key(id: UserId) -> String {
 
 #[async_trait]
 impl UserCache for RedisUserCache {
-    async fn get_or_load(&self, id: UserId, load: BoxFuture<'_, Result<User, UserError>>) -> Result<User, UserError> {
-        self.cache.get_or_load(&cache_key(id), self.ttl, || load).await
+    async fn find_through(&self, id: UserId, repository: &dyn UserRepository) -> Result<Option<User>, UserError> {
+        // An unknown id is an error to the cache, so that it is not stored; to the caller it is no user.
+        let load = || async move { repository.find(id).await?.ok_or(UserError::NotFound) };
+        match self.cache.get_or_load(&cache_key(id), self.ttl, load).await {
+            Ok(user) => Ok(Some(user)),
+            Err(UserError::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     async fn invalidate(&self, id: UserId) {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken, StoredChanges, User,
-    UserCache, UserError, UserId, UserRepository,
+    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken,
+    StoredChanges, User, UserError, UserId, UserRepository,
 };
 
 /// The most users one page may hold.
@@ -41,19 +41,15 @@ pub struct UserChanges {
 #[derive(Clone)]
 pub struct Users {
     repository: Arc<dyn UserRepository>,
-    cache: Arc<dyn UserCache>,
     sessions: Arc<dyn SessionStore>,
     hasher: PasswordHasher,
 }
 
 impl Users {
-    /// Users stored in `repository`, read through `cache`, signed in through `sessions`.
-    pub fn new(
-        repository: Arc<dyn UserRepository>,
-        cache: Arc<dyn UserCache>,
-        sessions: Arc<dyn SessionStore>,
-    ) -> Self {
-        Users { repository, cache, sessions, hasher: PasswordHasher::new(HashingLimits::from_cpu_count()) }
+    /// Users stored in `repository` (cached or not: see [`super::CachedUserRepository`]), signed in through
+    /// `sessions`.
+    pub fn new(repository: Arc<dyn UserRepository>, sessions: Arc<dyn SessionStore>) -> Self {
+        Users { repository, sessions, hasher: PasswordHasher::new(HashingLimits::from_cpu_count()) }
     }
 
     /// Bounds password hashing by `limits` instead of the CPU count's default.
@@ -66,17 +62,12 @@ impl Users {
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = self.hasher.hash(&password).await?;
-        let user = self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash }).await?;
-        // A failed GET before the registration may have cached nothing, but a deleted user's id is never
-        // reused, so there is nothing to invalidate here.
-        Ok(user)
+        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash }).await
     }
 
-    /// The user, from the cache when it holds it.
+    /// The user.
     pub async fn get(&self, id: UserId) -> Result<User, UserError> {
-        let repository = self.repository.clone();
-        let load = Box::pin(async move { repository.find(id).await?.ok_or(UserError::NotFound) });
-        self.cache.get_or_load(id, load).await
+        self.repository.find(id).await?.ok_or(UserError::NotFound)
     }
 
     /// Changes the given fields; at least one must be given.
@@ -103,16 +94,12 @@ impl Users {
             None => None,
         };
         let changes = StoredChanges { name, email, password_hash };
-        let updated = self.repository.update(id, &changes).await?;
-        self.cache.invalidate(id).await;
-        updated.ok_or(UserError::NotFound)
+        self.repository.update(id, &changes).await?.ok_or(UserError::NotFound)
     }
 
     /// Deletes the user.
     pub async fn delete(&self, id: UserId) -> Result<(), UserError> {
-        let deleted = self.repository.delete(id).await?;
-        self.cache.invalidate(id).await;
-        if deleted { Ok(()) } else { Err(UserError::NotFound) }
+        if self.repository.delete(id).await? { Ok(()) } else { Err(UserError::NotFound) }
     }
 
     /// A page of users after `cursor` (the previous page's `next_cursor`).

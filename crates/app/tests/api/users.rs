@@ -173,6 +173,17 @@ async fn ids_and_missing_users_are_4xx_problems() {
 }
 
 #[tokio::test]
+async fn a_known_route_called_with_another_method_is_a_405_problem_on_the_api_and_ops_routes() {
+    let app = spawn_app(&[]).await;
+    let unknown = format!("/users/{}", uuid::Uuid::now_v7());
+    problem(app.send_json(Method::PUT, &unknown, &json!({"name": "x"})).await, 405, "method-not-allowed").await;
+    problem(app.send_json(Method::DELETE, "/events", &json!({})).await, 405, "method-not-allowed").await;
+    problem(app.send_json(Method::POST, "/livez", &json!({})).await, 405, "method-not-allowed").await;
+    problem(app.send_json(Method::POST, "/metrics", &json!({})).await, 405, "method-not-allowed").await;
+    problem(app.get("/users/nowhere/else").await, 404, "not-found").await;
+}
+
+#[tokio::test]
 async fn changing_the_email_to_a_taken_one_is_a_409() {
     let app = spawn_app(&[]).await;
     let first = app.create_user("first").await;

@@ -25,12 +25,7 @@ impl PostgresActivityRecorder {
 impl ActivityRecorder for PostgresActivityRecorder {
     async fn apply(&self, entry: &UserActivityEvent) -> Result<bool, PortError> {
         // The caller names the event; the message says which step failed.
-        let failed = |step: &'static str| {
-            move |err: PostgresError| {
-                let err = crate::events::postgres::port_error(err);
-                PortError { message: format!("{step}: {}", err.message), ..err }
-            }
-        };
+        let failed = |step: &'static str| move |err: PostgresError| PortError::from(err).during(step);
         let mut tx = self.client.begin().await.map_err(failed("beginning the transaction"))?;
         // Claims the event first: a concurrent delivery of the same event waits on this row and then finds it.
         let claim = sql("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")

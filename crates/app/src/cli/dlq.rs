@@ -4,11 +4,36 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Subcommand;
 use infra::config::Config;
 use infra::kafka::KafkaProducer;
 use infra::kafka::dlq::{DeadLetter, ReplayFilter, read_dead_letters, replay};
 
-use crate::cli::DlqAction;
+/// `rust-app dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Count the dead-lettered records and show a sample with their error headers.
+    List {
+        /// How many records to show.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+    /// Publish dead-lettered records again to the topic they came from (key, value and original headers).
+    Replay {
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only records at or after this offset of the dead-letter topic.
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Only records at or before this offset of the dead-letter topic.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// Show what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
 
 /// How long reading the dead-letter topic to its end may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -18,7 +43,7 @@ const PROGRESS_EVERY: usize = 100;
 
 /// Runs a `dlq` subcommand; errors are printed and turned into a failing exit code.
 pub fn run(config: &Config, action: DlqAction) -> ExitCode {
-    let runtime = match crate::cli::runtime() {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

@@ -1,0 +1,82 @@
+//! The command line: every subcommand and its runner. `main` parses the arguments and hands them to [`run`].
+
+mod config;
+mod dlq;
+mod migrate;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use infra::config::{Config, EXIT_CONFIG};
+use infra::telemetry::{LogOutput, TelemetryError, TelemetryGuard};
+use tokio::runtime::Runtime;
+
+pub use config::render_effective_config;
+pub use dlq::DlqAction;
+
+use crate::settings::Settings;
+
+/// rust-app: a production-ready service on PostgreSQL, Redis and Kafka.
+///
+/// Configuration comes from environment variables and an optional ./.env file (the environment wins);
+/// see docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(name = "rust-app", version)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service until SIGTERM or SIGINT.
+    Serve,
+    /// Print the effective configuration: every variable, its value (secrets masked) and its source.
+    Config,
+    /// Apply the database migrations embedded in the binary, then exit.
+    Migrate,
+    /// Inspect or replay the dead-letter topic (KAFKA_DLQ_TOPIC).
+    Dlq {
+        /// list or replay.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// Runs the command `cli` names (`serve` when none) with the configuration of the environment and ./.env; an
+/// invalid configuration is printed and exits with EXIT_CONFIG.
+pub fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("rust-app: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", render_effective_config(&settings.config));
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve::run(settings),
+        Command::Migrate => migrate::run(&settings.config),
+        Command::Dlq { action } => dlq::run(&settings.config, action),
+    }
+}
+
+/// The async runtime for a subcommand; on failure the error is printed and the exit code returned.
+fn runtime() -> Result<Runtime, ExitCode> {
+    Runtime::new().map_err(|err| {
+        eprintln!("rust-app: cannot start the async runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Installs logs and traces inside `runtime`: the OTLP exporter's connection task is spawned on it.
+fn start_telemetry(runtime: &Runtime, config: &Config, output: LogOutput) -> Result<TelemetryGuard, TelemetryError> {
+    let _inside = runtime.enter();
+    infra::telemetry::init(&config.service, output)
+}
