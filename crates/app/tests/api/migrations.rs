@@ -50,6 +50,21 @@ fn migrate_applies_the_embedded_migrations_once() {
 }
 
 #[test]
+fn a_database_migrated_by_a_newer_release_still_starts_an_older_one() {
+    let db = TestDb::create();
+    let workdir = TempDir::new();
+    assert!(finished(migrate(&db.dsn(), &workdir)).status.success());
+    // What a later release's migration leaves behind: a version this binary does not know.
+    db.query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000001, 'from a newer release', true, '\\x00', 1)",
+    );
+    let output = finished(migrate(&db.dsn(), &workdir));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "database is up to date");
+}
+
+#[test]
 fn two_instances_migrating_at_once_apply_each_migration_once() {
     let db = TestDb::create();
     let workdir = TempDir::new();
