@@ -51,8 +51,12 @@ impl Harness {
             .expect("record produced");
     }
 
+    /// The user's trail, oldest first.
     async fn trail(&self, user: Uuid) -> Vec<Activity> {
-        PostgresUsers::new(self.postgres.clone()).activity(user, 100).await.expect("activity readable")
+        let mut trail =
+            PostgresUsers::new(self.postgres.clone()).activity(user, None, 100).await.expect("activity readable");
+        trail.reverse();
+        trail
     }
 
     /// Waits until `user`'s trail holds the entry of `event_id`, then returns the trail.
@@ -168,18 +172,26 @@ async fn a_poison_user_event_is_dead_lettered_and_the_next_one_applied() {
     stack.stop().await;
 }
 
+/// The event log's data of `user`'s events, oldest first, as stored.
+async fn logged_data(postgres: &PostgresClient, user: Uuid) -> Vec<Value> {
+    let statement = sql("SELECT data::text FROM event_log WHERE key = $1 ORDER BY occurred_at").bind(user.to_string());
+    let rows: Vec<(String,)> = postgres.query(statement).await.expect("event_log readable");
+    rows.into_iter().map(|(data,)| serde_json::from_str(&data).expect("JSON")).collect()
+}
+
+/// Events of the format before events became ids-only (`data.user` with name and email) are still applied —
+/// not dead-lettered — and neither the trail nor the event log keeps their personal fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_user_s_lifecycle_becomes_three_entries_in_order() {
+async fn an_old_format_lifecycle_is_applied_in_order_without_its_personal_fields() {
     let stack = Harness::start().await;
     let user = Uuid::now_v7();
     let key = user.to_string();
     let start = OffsetDateTime::now_utc();
-    let mut registered = user_json(user, "Cy", "cy@example.com");
-    let public = registered.clone();
+    let mut registered = user_json(user, "Cyrilla", "cyrilla@example.com");
     // A secret that must never reach the trail, even if an event carried one.
     registered["password_hash"] = json!("$argon2id$v=19$secret");
     let created = user_event("user_created", &key, json!({"user": registered}), start, 0);
-    let renamed = user_json(user, "Cyd", "cyd@example.com");
+    let renamed = user_json(user, "Cyrillo", "cyrillo@example.com");
     let updated = user_event("user_updated", &key, json!({"user": renamed, "changed": ["name", "email"]}), start, 1);
     let deleted = user_event("user_deleted", &key, json!({}), start, 2);
     for event in [&created, &updated, &deleted] {
@@ -190,11 +202,19 @@ async fn one_user_s_lifecycle_becomes_three_entries_in_order() {
     let got: Vec<(Uuid, &str)> = trail.iter().map(|a| (a.event_id, a.kind.as_str())).collect();
     let expected = [(created.id, "user_created"), (updated.id, "user_updated"), (deleted.id, "user_deleted")];
     assert_eq!(got, expected, "{trail:?}");
-    assert_eq!(trail[0].details, public, "the public fields only");
-    assert_eq!(trail[1].details, json!({"changed": ["name", "email"]}));
-    assert_eq!(trail[2].details, json!({}));
+    let details: Vec<&Value> = trail.iter().map(|entry| &entry.details).collect();
+    assert_eq!(details, [&json!({}), &json!({"changed": ["name", "email"]}), &json!({})], "ids and field names only");
     let drift = (trail[1].occurred_at - updated.occurred_at).abs();
     assert!(drift < time::Duration::milliseconds(1), "the event's time, to the µs: {drift}");
+
+    let logged = logged_data(&stack.postgres, user).await;
+    assert_eq!(logged, [json!({}), json!({"changed": ["name", "email"]}), json!({})], "the log keeps no profile");
+    let stored = format!("{trail:?} {logged:?}");
+    for personal in ["Cyrill", "cyrill", "argon2"] {
+        assert!(!stored.contains(personal), "{personal:?} stored: {stored}");
+    }
+    let letters = infra::kafka::dlq::read_dead_letters(&stack.config.kafka, Duration::from_secs(10)).await;
+    assert!(letters.as_ref().is_ok_and(Vec::is_empty), "an old-format event is not poison: {letters:?}");
     stack.stop().await;
 }
 
@@ -221,7 +241,7 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
         tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks)).await.expect("bounded");
     let applied: Vec<bool> = results.into_iter().map(|r| r.expect("task").expect("applied")).collect();
     assert_eq!(applied.iter().filter(|new| **new).count(), 1, "exactly one delivery applies it: {applied:?}");
-    let trail = PostgresUsers::new(postgres).activity(user, 10).await.expect("activity");
+    let trail = PostgresUsers::new(postgres).activity(user, None, 10).await.expect("activity");
     assert_eq!(trail.len(), 1, "{trail:?}");
     assert!(!recorder.apply(&entry).await.expect("redelivery"), "a later redelivery changes nothing");
 }
