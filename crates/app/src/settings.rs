@@ -1,6 +1,6 @@
 //! The service's settings: the infrastructure's [`Config`] plus the service's own variables (HTTP limits,
-//! sessions, rate limits, the user cache, the outbox), read in one pass so every bad variable of either kind
-//! is reported in one message.
+//! sessions, rate limits, the user cache, the outbox, the event log's retention), read in one pass so every bad
+//! variable of either kind is reported in one message.
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Settings {
     pub users: UserSettings,
     /// The transactional outbox relay.
     pub outbox: OutboxSettings,
+    /// The event log.
+    pub event_log: EventLogSettings,
 }
 
 /// Request limits and how the client's address is determined.
@@ -74,6 +76,14 @@ pub struct OutboxSettings {
     pub retention: Duration,
 }
 
+/// The event log (every consumed event).
+#[derive(Clone, Debug)]
+pub struct EventLogSettings {
+    /// `EVENT_LOG_RETENTION`: how long a consumed event stays in the event log (and `GET /events/{id}`) before
+    /// it is pruned.
+    pub retention: Duration,
+}
+
 impl Settings {
     /// Reads the process environment and `./.env` (the environment wins).
     pub fn load() -> Result<Self, ConfigError> {
@@ -82,10 +92,13 @@ impl Settings {
 
     /// Reads and validates every variable from `sources`, reporting all problems at once.
     pub fn from_sources(sources: &Sources) -> Result<Self, ConfigError> {
-        let (config, (http, sessions, users, outbox)) = Config::from_sources_with(sources, |r| {
-            (HttpSettings::read(r), SessionSettings::read(r), UserSettings::read(r), OutboxSettings::read(r))
+        let (config, (http, sessions, users, outbox, event_log)) = Config::from_sources_with(sources, |r| {
+            let event_log = EventLogSettings {
+                retention: r.duration("EVENT_LOG_RETENTION", Duration::from_secs(30 * 24 * 3600), Unit::Minutes, false),
+            };
+            (HttpSettings::read(r), SessionSettings::read(r), UserSettings::read(r), OutboxSettings::read(r), event_log)
         })?;
-        Ok(Settings { config, http, sessions, users, outbox })
+        Ok(Settings { config, http, sessions, users, outbox, event_log })
     }
 }
 
@@ -180,6 +193,7 @@ mod tests {
         assert!(settings.http.trusted_proxies.is_empty(), "X-Forwarded-For is ignored by default");
         assert!(!settings.sessions.cookie_secure);
         assert!(settings.config.effective().iter().any(|entry| entry.name == "OUTBOX_RETENTION"));
+        assert_eq!(settings.event_log.retention, Duration::from_secs(30 * 24 * 3600), "30 days");
     }
 
     #[test]

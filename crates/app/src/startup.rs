@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
+use crate::events::retention::EventLogRetention;
 use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
@@ -43,6 +44,7 @@ struct Workers {
     handler: EventLogHandler,
     metrics: PrometheusHandle,
     relay: OutboxRelay,
+    event_log_retention: EventLogRetention,
 }
 
 /// A built, not yet running, service: the listener is bound, the clients exist (connected lazily).
@@ -129,7 +131,15 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state),
-            workers: Workers { postgres, producer, consumer, handler, metrics, relay },
+            workers: Workers {
+                event_log_retention: EventLogRetention::new(postgres.clone(), settings.event_log.retention),
+                postgres,
+                producer,
+                consumer,
+                handler,
+                metrics,
+                relay,
+            },
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
@@ -157,6 +167,8 @@ impl Application {
         let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);
         let stop_relaying = CancellationToken::new();
         let mut relay = tokio::spawn(workers.relay.run(stop_relaying.clone()));
+        // Pruning the event log is upkeep like the relay's: it stops with it.
+        let mut pruning = tokio::spawn(workers.event_log_retention.run(stop_relaying.clone()));
         tracing::info!(%address, "listening");
 
         tokio::select! {
@@ -188,6 +200,9 @@ impl Application {
         if tokio::time::timeout(remaining(deadline), &mut relay).await.is_err() {
             tracing::warn!("the outbox relay did not stop within SHUTDOWN_TIMEOUT; abandoning its round");
             relay.abort();
+        }
+        if tokio::time::timeout(remaining(deadline), &mut pruning).await.is_err() {
+            pruning.abort();
         }
         if let Err(err) = workers.producer.flush(remaining(deadline)).await {
             tracing::warn!(error = %err, "records still unacknowledged at shutdown");

@@ -1,10 +1,11 @@
 //! Events: clients publish them over HTTP, the service's consumer records each one exactly once in the event
 //! log and hands it to the read models kept from the stream ([`EventProjection`]). The domain knows its ports
 //! ([`EventPublisher`], [`EventLog`]), not Kafka or PostgreSQL; the adapters in [`kafka`] and [`postgres`]
-//! implement them.
+//! implement them. [`retention`] keeps the log from growing forever.
 
 pub mod kafka;
 pub mod postgres;
+pub mod retention;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! The users API: `POST /users`, `GET /users`, `GET|PATCH|DELETE /users/{id}`, `GET /users/{id}/activity`.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -92,11 +92,11 @@ impl From<Page> for UserPage {
     }
 }
 
-/// Paging through users.
+/// Paging through a list (users, a user's activity).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Users per page, 1–100 (default 20).
+    /// Entries per page, 1–100 (default 20).
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -113,8 +113,24 @@ pub struct ActivityBody {
     /// When it happened (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     occurred_at: OffsetDateTime,
-    /// What changed (for an update, the names of the changed fields).
+    /// What changed: for an update, the names of the changed fields (never their values); `{}` otherwise.
     details: Value,
+}
+
+/// A page of a user's audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityPage {
+    /// Entries, newest first.
+    items: Vec<ActivityBody>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+impl From<Page<Activity>> for ActivityPage {
+    fn from(page: Page<Activity>) -> Self {
+        ActivityPage { items: page.items.into_iter().map(ActivityBody::from).collect(), next_cursor: page.next_cursor }
+    }
 }
 
 impl From<Activity> for ActivityBody {
@@ -224,31 +240,46 @@ pub async fn delete(State(state): State<AppState>, IdPath(id): IdPath) -> Respon
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else {
-        return Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query string").into_response();
+pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Response {
+    let (limit, cursor) = match paging(query) {
+        Ok(paging) => paging,
+        Err(response) => return response,
     };
-    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
-        None => None,
-        Some(Ok(limit)) => Some(limit),
-        Some(Err(_)) => Some(0), // Reported by the domain as out of range, with the cursor's problem if any.
-    };
-    respond(state.users.list(limit, query.cursor.as_deref()).await.map(|page| Json(UserPage::from(page))))
+    respond(state.users.list(limit, cursor.as_deref()).await.map(|page| Json(UserPage::from(page))))
 }
 
-/// The user's audit trail, oldest first, as recorded by the event consumer (so it lags writes slightly).
-#[utoipa::path(get, path = "/users/{id}/activity", tag = "users", params(("id" = Uuid, Path, description = "User id")),
+/// The user's audit trail, newest first, a page at a time (keyset pagination), as recorded by the event
+/// consumer (so it lags writes slightly). Entries hold ids, types, times and changed field names only.
+#[utoipa::path(get, path = "/users/{id}/activity", tag = "users",
+    params(("id" = Uuid, Path, description = "User id"), ListQuery),
     responses(
-        (status = 200, description = "Audit trail", body = [ActivityBody]),
+        (status = 200, description = "A page of the audit trail, newest first", body = ActivityPage),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user and no trail", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn activity(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
-    let trail = state.users.activity(id).await;
-    respond(trail.map(|entries| Json(entries.into_iter().map(ActivityBody::from).collect::<Vec<_>>())))
+pub async fn activity(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let (limit, cursor) = match paging(query) {
+        Ok(paging) => paging,
+        Err(response) => return response,
+    };
+    let trail = state.users.activity(id, limit, cursor.as_deref()).await;
+    respond(trail.map(|page| Json(ActivityPage::from(page))))
+}
+
+/// The page size and cursor of a paging query. A limit that is not a number is passed on as 0, so the domain
+/// reports it as out of range together with the cursor's problem, if any.
+fn paging(query: Result<Query<ListQuery>, QueryRejection>) -> Result<(Option<u32>, Option<String>), Response> {
+    let Ok(Query(query)) = query else {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query string").into_response());
+    };
+    let limit = query.limit.as_deref().map(|raw| raw.parse::<u32>().unwrap_or(0));
+    Ok((limit, query.cursor))
 }
 
 /// A domain result as a response.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{User, UserId};
+use super::UserId;
 use crate::events::{Applied, Event, EventProjection, ProjectionError};
 use crate::port::PortError;
 
@@ -66,8 +66,8 @@ pub struct UserActivityEvent {
     pub kind: ActivityKind,
     /// When it happened.
     pub occurred_at: OffsetDateTime,
-    /// What to remember about it: the user's public fields for a creation, `{"changed": [field names]}` for an
-    /// update, `{}` for a deletion. Never a password or its hash.
+    /// What to remember about it: `{"changed": [field names]}` for an update, `{}` otherwise. Never a name, an
+    /// email, a password or its hash.
     pub details: serde_json::Value,
 }
 
@@ -85,7 +85,11 @@ struct UpdateData {
 impl UserActivityEvent {
     /// The trail entry of `event`: `Ok(None)` when it is not a user event (its type does not start with
     /// `user_`), an error when it is one that does not parse — its type is not `user_created`, `user_updated`
-    /// or `user_deleted`, its key is not a user id (a UUID), or its data lacks what the type promises.
+    /// or `user_deleted`, its key is not a user id (a UUID), its data is not an object, names another user, or
+    /// lacks what the type promises.
+    ///
+    /// Events written before events lost their personal fields (a `user_created` or `user_updated` with a
+    /// `data.user` object) still parse: what they carry besides ids and field names is dropped, not stored.
     pub fn from_event(event: &Event) -> Result<Option<Self>, InvalidUserEvent> {
         let type_name = event.kind.as_str();
         if !type_name.starts_with(USER_EVENT_PREFIX) {
@@ -96,25 +100,28 @@ impl UserActivityEvent {
         let key = event.key.as_str();
         let user_id =
             Uuid::parse_str(key).map_err(|_| InvalidUserEvent(format!("key {key:?} is not a user id (a UUID)")))?;
+        check_user_id(user_id, &event.data)?;
         let details = match kind {
-            ActivityKind::Created => created_details(user_id, &event.data)?,
             ActivityKind::Updated => updated_details(&event.data)?,
-            ActivityKind::Deleted => serde_json::json!({}),
+            ActivityKind::Created | ActivityKind::Deleted => serde_json::json!({}),
         };
         Ok(Some(UserActivityEvent { event_id: event.id, user_id, kind, occurred_at: event.occurred_at, details }))
     }
 }
 
-/// A creation's details: the user's public fields, re-serialized from a parsed [`User`] so that whatever else
-/// the event carries (a secret that should never have been there) stays out of the trail.
-fn created_details(user_id: UserId, data: &serde_json::Value) -> Result<serde_json::Value, InvalidUserEvent> {
-    let user = data.get("user").ok_or_else(|| InvalidUserEvent("data.user is missing".to_string()))?;
-    let user: User =
-        serde_json::from_value(user.clone()).map_err(|err| InvalidUserEvent(format!("data.user: {err}")))?;
-    if user.id != user_id {
-        return Err(InvalidUserEvent(format!("data.user.id {} is not the key {user_id}", user.id)));
+/// The data must be an object whose `user_id` (events since ids-only), or `user.id` (older events), when
+/// present, is the event's key: an event naming two users is not one to guess about.
+fn check_user_id(user_id: UserId, data: &serde_json::Value) -> Result<(), InvalidUserEvent> {
+    let data = data.as_object().ok_or_else(|| InvalidUserEvent("data must be an object".to_string()))?;
+    let named = [("data.user_id", data.get("user_id")), ("data.user.id", data.get("user").and_then(|u| u.get("id")))];
+    for (field, value) in named {
+        let Some(value) = value else { continue };
+        let named = value.as_str().and_then(|raw| Uuid::parse_str(raw).ok());
+        if named != Some(user_id) {
+            return Err(InvalidUserEvent(format!("{field} {value} is not the key {user_id}")));
+        }
     }
-    serde_json::to_value(&user).map_err(|err| InvalidUserEvent(format!("data.user: cannot re-encode: {err}")))
+    Ok(())
 }
 
 /// An update's details: the names of the changed fields (never their values).
@@ -194,25 +201,19 @@ mod tests {
     }
 
     #[test]
-    fn user_events_parse_into_trail_entries() {
+    fn user_events_parse_into_trail_entries_of_ids_and_field_names() {
         let id = Uuid::now_v7();
-        let mut user = user_json(id);
-        let created = event("user_created", &id.to_string(), json!({"user": user.clone()}));
+        let created = event("user_created", &id.to_string(), json!({"user_id": id}));
         let entry = UserActivityEvent::from_event(&created).expect("parses").expect("a user event");
         assert_eq!((entry.event_id, entry.user_id, entry.kind), (created.id, id, ActivityKind::Created));
         assert_eq!(entry.occurred_at, created.occurred_at);
-        assert_eq!(entry.details, user, "the public fields");
+        assert_eq!(entry.details, json!({}));
 
-        user["password_hash"] = json!("$argon2id$secret");
-        let leaky = event("user_created", &id.to_string(), json!({"user": user}));
-        let entry = UserActivityEvent::from_event(&leaky).expect("parses").expect("a user event");
-        assert!(entry.details.get("password_hash").is_none(), "only public fields are kept: {}", entry.details);
-
-        let updated = event("user_updated", &id.to_string(), json!({"user": user_json(id), "changed": ["name"]}));
+        let updated = event("user_updated", &id.to_string(), json!({"user_id": id, "changed": ["name"]}));
         let entry = UserActivityEvent::from_event(&updated).expect("parses").expect("a user event");
         assert_eq!((entry.kind, entry.details), (ActivityKind::Updated, json!({"changed": ["name"]})));
 
-        let deleted = event("user_deleted", &id.to_string(), json!({}));
+        let deleted = event("user_deleted", &id.to_string(), json!({"user_id": id}));
         let entry = UserActivityEvent::from_event(&deleted).expect("parses").expect("a user event");
         assert_eq!((entry.kind, entry.details), (ActivityKind::Deleted, json!({})));
 
@@ -221,20 +222,36 @@ mod tests {
     }
 
     #[test]
+    fn events_of_the_old_format_parse_and_their_personal_fields_are_dropped() {
+        let id = Uuid::now_v7();
+        let mut user = user_json(id);
+        user["password_hash"] = json!("$argon2id$secret");
+        let created = event("user_created", &id.to_string(), json!({"user": user}));
+        let entry = UserActivityEvent::from_event(&created).expect("parses").expect("a user event");
+        assert_eq!((entry.kind, entry.details), (ActivityKind::Created, json!({})), "nothing of data.user is kept");
+
+        let updated = event("user_updated", &id.to_string(), json!({"user": user_json(id), "changed": ["email"]}));
+        let entry = UserActivityEvent::from_event(&updated).expect("parses").expect("a user event");
+        assert_eq!(entry.details, json!({"changed": ["email"]}), "the field names only");
+
+        let deleted = event("user_deleted", &id.to_string(), json!({}));
+        let entry = UserActivityEvent::from_event(&deleted).expect("parses").expect("a user event");
+        assert_eq!(entry.details, json!({}));
+    }
+
+    #[test]
     fn malformed_user_events_are_refused_with_the_reason() {
         let id = Uuid::now_v7();
         let key = id.to_string();
+        let other = Uuid::now_v7();
         let cases = [
             ("unknown type", event("user_renamed", &key, json!({})), "unknown user event type"),
             ("key not a UUID", event("user_deleted", "user-42", json!({})), "not a user id"),
-            ("created without user", event("user_created", &key, json!({})), "data.user is missing"),
-            ("created, bad email", event("user_created", &key, json!({"user": {"email": "x"}})), "data.user"),
-            (
-                "created, other user's id",
-                event("user_created", &key, json!({"user": user_json(Uuid::now_v7())})),
-                "is not the key",
-            ),
-            ("updated without changed", event("user_updated", &key, json!({"user": user_json(id)})), "data.changed"),
+            ("data not an object", event("user_created", &key, json!(["Ada"])), "data must be an object"),
+            ("other user's id", event("user_created", &key, json!({"user_id": other})), "is not the key"),
+            ("user_id not a UUID", event("user_deleted", &key, json!({"user_id": 7})), "is not the key"),
+            ("old format, other user", event("user_created", &key, json!({"user": user_json(other)})), "data.user.id"),
+            ("updated without changed", event("user_updated", &key, json!({"user_id": id})), "data.changed"),
             ("changed not strings", event("user_updated", &key, json!({"changed": [1]})), "data.changed"),
             ("changed not a name", event("user_updated", &key, json!({"changed": ["a b"]})), "not a field name"),
         ];

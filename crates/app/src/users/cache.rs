@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::{
-    Activity, Email, NewUser, PasswordHash, StoredChanges, User, UserCache, UserError, UserId, UserRepository,
+    Activity, ActivityCursor, Email, NewUser, PasswordHash, StoredChanges, User, UserCache, UserError, UserId, UserRepository,
 };
 
 /// `repository` with `cache` in front: [`UserRepository::find`] is cache-aside, `update` and `delete` drop the
@@ -58,7 +58,12 @@ impl<R: UserRepository, C: UserCache> UserRepository for CachedUserRepository<R,
         self.repository.list(after, limit).await
     }
 
-    async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError> {
-        self.repository.activity(id, limit).await
+    async fn activity(
+        &self,
+        id: UserId,
+        before: Option<ActivityCursor>,
+        limit: u32,
+    ) -> Result<Vec<Activity>, UserError> {
+        self.repository.activity(id, before, limit).await
     }
 }

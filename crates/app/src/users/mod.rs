@@ -69,11 +69,11 @@ pub struct StoredChanges {
     pub password_hash: Option<PasswordHash>,
 }
 
-/// One page of users, in id (= creation) order.
+/// One page of a keyset-paginated list: users in id (= creation) order, or a user's trail newest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Page {
-    /// The users of this page.
-    pub items: Vec<User>,
+pub struct Page<T = User> {
+    /// The entries of this page.
+    pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
@@ -91,6 +91,16 @@ pub struct Activity {
     pub occurred_at: OffsetDateTime,
     /// What changed (field names for an update; never the password).
     pub details: serde_json::Value,
+}
+
+/// Where a page of a user's trail starts: just older than the entry that ended the previous page. The trail is
+/// ordered by `(occurred_at, event_id)`, so two entries of the same microsecond are neither skipped nor repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivityCursor {
+    /// The last entry's time.
+    pub occurred_at: OffsetDateTime,
+    /// The last entry's event id.
+    pub event_id: Uuid,
 }
 
 /// A field that failed to parse, and why.
@@ -164,7 +174,9 @@ impl From<PortError> for UserError {
     }
 }
 
-/// What a user write emits, stored in the outbox in the same transaction as the write.
+/// What a user write emits, stored in the outbox in the same transaction as the write. Events carry ids and the
+/// names of changed fields only, never a name, email or password: they are copied to Kafka, the outbox and the
+/// event log, where a deletion could not reach every copy (docs/security.md, "Personal data").
 #[derive(Clone, Debug, PartialEq)]
 pub struct UserEvent {
     /// Unique id: consumers deduplicate on it.
@@ -175,24 +187,24 @@ pub struct UserEvent {
     pub user_id: UserId,
     /// When the write happened.
     pub occurred_at: OffsetDateTime,
-    /// The event's details: the user's public fields, or for an update the changed field names.
+    /// The event's details: `{"user_id"}`, plus for an update the names of the changed fields.
     pub data: serde_json::Value,
 }
 
 impl UserEvent {
-    /// `user_created`, with the new user's public fields.
+    /// `user_created`: who registered (a consumer wanting the profile asks the API, which checks access).
     pub fn created(user: &User) -> Self {
-        Self::new("user_created", user.id, serde_json::json!({ "user": user }))
+        Self::new("user_created", user.id, serde_json::json!({ "user_id": user.id }))
     }
 
-    /// `user_updated`, with the user after the change and the names of the changed fields.
+    /// `user_updated`, with the names of the changed fields (never their values).
     pub fn updated(user: &User, changed: &[&str]) -> Self {
-        Self::new("user_updated", user.id, serde_json::json!({ "user": user, "changed": changed }))
+        Self::new("user_updated", user.id, serde_json::json!({ "user_id": user.id, "changed": changed }))
     }
 
     /// `user_deleted`.
     pub fn deleted(id: UserId) -> Self {
-        Self::new("user_deleted", id, serde_json::json!({}))
+        Self::new("user_deleted", id, serde_json::json!({ "user_id": id }))
     }
 
     fn new(kind: &'static str, user_id: UserId, data: serde_json::Value) -> Self {
@@ -216,8 +228,14 @@ pub trait UserRepository: Send + Sync {
     async fn delete(&self, id: UserId) -> Result<bool, UserError>;
     /// Up to `limit` users with ids after `after`, in id order.
     async fn list(&self, after: Option<UserId>, limit: u32) -> Result<Vec<User>, UserError>;
-    /// The user's audit trail, oldest first, at most `limit` entries.
-    async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError>;
+    /// The user's audit trail, newest first, at most `limit` entries older than `before` (from the newest when
+    /// `None`).
+    async fn activity(
+        &self,
+        id: UserId,
+        before: Option<ActivityCursor>,
+        limit: u32,
+    ) -> Result<Vec<Activity>, UserError>;
 }
 
 /// A read-through cache of users, put in front of a repository by [`CachedUserRepository`]. It degrades

@@ -6,7 +6,8 @@ use infra::postgres::{PostgresClient, PostgresError, Transaction, sql};
 use time::OffsetDateTime;
 
 use super::{
-    Activity, Email, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId, UserRepository,
+    Activity, ActivityCursor, Email, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId,
+    UserRepository,
 };
 use crate::events::{Event, EventKey, EventType};
 use crate::port::PortError;
@@ -98,6 +99,7 @@ impl UserRepository for PostgresUsers {
             return Ok(false);
         }
         append(&mut tx, &UserEvent::deleted(id)).await?;
+        scrub(&mut tx, id).await.map_err(write_error)?;
         tx.commit().await.map_err(write_error)?;
         Ok(true)
     }
@@ -111,10 +113,19 @@ impl UserRepository for PostgresUsers {
         rows.into_iter().map(to_user).collect()
     }
 
-    async fn activity(&self, id: UserId, limit: u32) -> Result<Vec<Activity>, UserError> {
+    async fn activity(
+        &self,
+        id: UserId,
+        before: Option<ActivityCursor>,
+        limit: u32,
+    ) -> Result<Vec<Activity>, UserError> {
+        // Keyset: a backward scan of user_activity_user (user_id, occurred_at, event_id) from the cursor on.
         let statement = sql("SELECT event_id, event_type, occurred_at, details::text FROM user_activity \
-             WHERE user_id = $1 ORDER BY occurred_at, event_id LIMIT $2")
+             WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (occurred_at, event_id) < ($2, $3)) \
+             ORDER BY occurred_at DESC, event_id DESC LIMIT $4")
         .bind(id)
+        .bind(before.map(|cursor| cursor.occurred_at))
+        .bind(before.map(|cursor| cursor.event_id))
         .bind(i64::from(limit));
         let rows: Vec<(uuid::Uuid, String, OffsetDateTime, String)> =
             self.client.query(statement).await.map_err(read_error)?;
@@ -126,6 +137,31 @@ impl UserRepository for PostgresUsers {
             })
             .collect()
     }
+}
+
+/// Removes, in `tx`, what is stored about user `id` beyond ids, event types, times and changed field names:
+/// the profile (`data.user`) in outbox rows an earlier version wrote, whatever else the event log holds in the
+/// data of the user's `user_*` events, and the profile an early trail entry kept. The rows themselves stay,
+/// for audit and until their retention (docs/security.md, "Personal data"). Runs when the user is deleted, and
+/// again when the consumer applies the `user_deleted` event: by then every earlier event of the user has been
+/// logged (one key, one partition, in order), also one published before the deletion but consumed after it.
+pub(crate) async fn scrub(tx: &mut Transaction, id: UserId) -> Result<(), PostgresError> {
+    let key = id.to_string();
+    let statements = [
+        sql("UPDATE outbox SET payload = jsonb_set(payload, '{data}', user_event_ids_only(payload -> 'data')) \
+             WHERE key = $1 AND payload -> 'data' ? 'user'")
+        .bind(key.clone()),
+        sql("UPDATE event_log SET data = user_event_ids_only(data) \
+             WHERE key = $1 AND type LIKE 'user\\_%' AND data IS DISTINCT FROM user_event_ids_only(data)")
+        .bind(key),
+        sql("UPDATE user_activity SET details = user_event_ids_only(details) \
+             WHERE user_id = $1 AND details IS DISTINCT FROM user_event_ids_only(details)")
+        .bind(id),
+    ];
+    for statement in statements {
+        tx.exec(statement).await?;
+    }
+    Ok(())
 }
 
 /// Appends the user event to the outbox, in `tx`.

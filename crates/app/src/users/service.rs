@@ -2,17 +2,17 @@
 
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use super::{
-    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken,
-    StoredChanges, User, UserError, UserId, UserRepository,
+    Activity, ActivityCursor, Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher,
+    SessionStore, SessionToken, StoredChanges, User, UserError, UserId, UserRepository,
 };
 
 /// The most users one page may hold.
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Users per page when the client does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
-/// The most audit-trail entries returned at once.
-pub const MAX_ACTIVITY: u32 = 1000;
 
 /// Raw input of a registration or a login, as it arrived (every field optional so that all missing or bad
 /// fields are reported together).
@@ -104,40 +104,27 @@ impl Users {
 
     /// A page of users after `cursor` (the previous page's `next_cursor`).
     pub async fn list(&self, limit: Option<u32>, cursor: Option<&str>) -> Result<Page, UserError> {
-        let mut errors = Vec::new();
-        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
-        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            errors.push(FieldError::new("limit", format!("must be from 1 to {MAX_PAGE_SIZE}")));
-        }
-        let after = cursor.and_then(|raw| match decode_cursor(raw) {
-            Some(id) => Some(id),
-            None => {
-                errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
-                None
-            }
-        });
-        if !errors.is_empty() {
-            return Err(UserError::Invalid(errors));
-        }
+        let (limit, after) = page_request(limit, cursor, decode_cursor)?;
         // One more than asked tells whether another page follows without a COUNT.
-        let mut items = self.repository.list(after, limit + 1).await?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|user| encode_cursor(user.id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let items = self.repository.list(after, limit + 1).await?;
+        Ok(page(items, limit, |user| encode_cursor(user.id)))
     }
 
-    /// The user's audit trail; [`UserError::NotFound`] when neither the user nor any trail exists.
-    pub async fn activity(&self, id: UserId) -> Result<Vec<super::Activity>, UserError> {
-        let entries = self.repository.activity(id, MAX_ACTIVITY).await?;
-        // A deleted user keeps its trail; an id never seen has neither.
-        if entries.is_empty() && self.repository.find(id).await?.is_none() {
+    /// A page of the user's audit trail, newest first, older than `cursor` (the previous page's
+    /// `next_cursor`); [`UserError::NotFound`] when neither the user nor any trail exists.
+    pub async fn activity(
+        &self,
+        id: UserId,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Activity>, UserError> {
+        let (limit, before) = page_request(limit, cursor, decode_activity_cursor)?;
+        let items = self.repository.activity(id, before, limit + 1).await?;
+        // A deleted user keeps its trail; an id never seen has neither. A later page may be empty.
+        if cursor.is_none() && items.is_empty() && self.repository.find(id).await?.is_none() {
             return Err(UserError::NotFound);
         }
-        Ok(entries)
+        Ok(page(items, limit, encode_activity_cursor))
     }
 
     /// Checks email and password and starts a session. Unknown email and wrong password are the same error
@@ -208,6 +195,40 @@ fn field<T>(
     parse(raw).map_err(|message| errors.push(FieldError::new(name, message))).ok()
 }
 
+/// The page size (default [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`]) and the decoded cursor, or every
+/// problem with them.
+fn page_request<C>(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+    decode: impl FnOnce(&str) -> Option<C>,
+) -> Result<(u32, Option<C>), UserError> {
+    let mut errors = Vec::new();
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        errors.push(FieldError::new("limit", format!("must be from 1 to {MAX_PAGE_SIZE}")));
+    }
+    let decoded = cursor.and_then(|raw| {
+        let decoded = decode(raw);
+        if decoded.is_none() {
+            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+        }
+        decoded
+    });
+    if errors.is_empty() { Ok((limit, decoded)) } else { Err(UserError::Invalid(errors)) }
+}
+
+/// The page of `items` (fetched one more than `limit`, to tell whether another page follows without a
+/// COUNT), with the cursor of its last entry when one does.
+fn page<T>(mut items: Vec<T>, limit: u32, cursor_of: impl FnOnce(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
 /// Cursors are opaque to clients: the last id of the page, hex-encoded so nobody mistakes it for an id to
 /// build URLs with.
 fn encode_cursor(id: UserId) -> String {
@@ -219,9 +240,49 @@ fn decode_cursor(raw: &str) -> Option<UserId> {
     Some(UserId::from_bytes(bytes))
 }
 
+/// An activity cursor: the last entry's time (microseconds since the epoch, PostgreSQL's precision, 8 bytes)
+/// and event id (16 bytes), hex-encoded.
+fn encode_activity_cursor(entry: &Activity) -> String {
+    let micros = (entry.occurred_at.unix_timestamp_nanos() / 1000) as i64;
+    let mut bytes = micros.to_be_bytes().to_vec();
+    bytes.extend_from_slice(entry.event_id.as_bytes());
+    hex::encode(bytes)
+}
+
+fn decode_activity_cursor(raw: &str) -> Option<ActivityCursor> {
+    let bytes: [u8; 24] = hex::decode(raw).ok()?.try_into().ok()?;
+    let (micros, id) = bytes.split_at(8);
+    let micros = i64::from_be_bytes(micros.try_into().ok()?);
+    let occurred_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()?;
+    Some(ActivityCursor { occurred_at, event_id: uuid::Uuid::from_slice(id).ok()? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_cursors_round_trip_to_the_microsecond_and_reject_garbage() {
+        let occurred_at = OffsetDateTime::from_unix_timestamp_nanos(1_790_000_000_123_456_000).expect("time");
+        let entry = Activity {
+            event_id: uuid::Uuid::now_v7(),
+            kind: "user_updated".into(),
+            occurred_at,
+            details: serde_json::json!({}),
+        };
+        let cursor = decode_activity_cursor(&encode_activity_cursor(&entry)).expect("decodes");
+        assert_eq!(cursor, ActivityCursor { occurred_at, event_id: entry.event_id });
+        assert_eq!(decode_activity_cursor(&encode_cursor(entry.event_id)), None, "a users cursor is not one");
+        assert_eq!(decode_activity_cursor("zz"), None);
+    }
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_more_entries_follow() {
+        let full = page(vec![1, 2, 3], 2, |n| n.to_string());
+        assert_eq!((full.items, full.next_cursor), (vec![1, 2], Some("2".to_string())));
+        let last = page(vec![1, 2], 2, |n| n.to_string());
+        assert_eq!((last.items, last.next_cursor), (vec![1, 2], None));
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

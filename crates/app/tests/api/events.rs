@@ -227,3 +227,38 @@ async fn publishing_past_the_burst_is_limited_with_retry_after() {
     assert_eq!(stored, 1, "the limit is kept per client address under rate:events");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_recorded_longer_ago_than_the_retention_are_pruned_and_the_rest_stay() {
+    let db = TestDb::create();
+    let client = infra::postgres::PostgresClient::connect_lazy(&test_support::postgres::config(&db.dsn(), &[]))
+        .expect("PostgreSQL client");
+    app::migrations::apply(&client).await.expect("migrations");
+    // More expired rows than one pruning statement deletes, and recent ones.
+    db.query(
+        "INSERT INTO event_log (id, type, key, data, topic, partition, \"offset\", recorded_at) \
+         SELECT gen_random_uuid(), 'test.expired', 'k', '{}', 't', 0, n, now() - interval '2 hours' \
+         FROM generate_series(1, 12000) AS n",
+    );
+    db.query(
+        "INSERT INTO event_log (id, type, key, data, topic, partition, \"offset\", recorded_at) \
+         SELECT gen_random_uuid(), 'test.recent', 'k', '{}', 't', 0, n, now() - interval '1 minute' \
+         FROM generate_series(1, 5) AS n",
+    );
+    let expired = db.query("SELECT id FROM event_log WHERE type = 'test.expired' LIMIT 1");
+    let app = spawn_app(&[("POSTGRES_DSN", &db.dsn()), ("EVENT_LOG_RETENTION", "1h")]).await;
+
+    let left = || db.query("SELECT type || '=' || count(*) FROM event_log GROUP BY type ORDER BY type");
+    let pruned = test_support::eventually(Duration::from_secs(30), async || !left().contains("test.expired")).await;
+    assert!(pruned, "expired rows left: {}", left());
+    assert_eq!(left(), "test.recent=5");
+    let (status, _) = app.get_json(&format!("/events/{expired}")).await;
+    assert_eq!(status, 404, "a pruned event is no longer readable");
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("event_log_pruned_total ")?.parse().ok())
+        .expect("event_log_pruned_total exported");
+    assert!(counted >= 12_000.0, "event_log_pruned_total = {counted}");
+    app.stop().await;
+}

@@ -1,11 +1,12 @@
 //! The audit trail in PostgreSQL (table `user_activity`), each entry stored in the same transaction as the
 //! record that its event was applied (table `processed_events`), so an event is applied exactly once however
-//! often it is delivered.
+//! often it is delivered. Applying a user event also keeps personal data out of the event log: the event's
+//! logged copy is reduced to ids and field names, and a `user_deleted` scrubs what remains about the user.
 
 use async_trait::async_trait;
 use infra::postgres::{PostgresClient, PostgresError, sql};
 
-use super::{ActivityRecorder, CONSUMER, UserActivityEvent};
+use super::{ActivityKind, ActivityRecorder, CONSUMER, UserActivityEvent};
 use crate::port::PortError;
 
 /// The trail over the service's PostgreSQL pool.
@@ -43,6 +44,17 @@ impl ActivityRecorder for PostgresActivityRecorder {
         .bind(entry.occurred_at)
         .bind(entry.details.to_string());
         tx.exec(insert).await.map_err(failed("inserting into user_activity"))?;
+        // The event's copy in the event log (logged just before) keeps ids and field names only, also when an
+        // earlier version published it with the user's profile.
+        let log_copy = sql("UPDATE event_log SET data = user_event_ids_only(data) \
+             WHERE id = $1 AND data IS DISTINCT FROM user_event_ids_only(data)")
+        .bind(entry.event_id);
+        tx.exec(log_copy).await.map_err(failed("reducing the event's copy in event_log"))?;
+        if entry.kind == ActivityKind::Deleted {
+            crate::users::postgres::scrub(&mut tx, entry.user_id)
+                .await
+                .map_err(failed("scrubbing the deleted user"))?;
+        }
         tx.commit().await.map_err(failed("committing"))?;
         Ok(true)
     }
