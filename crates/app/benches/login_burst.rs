@@ -79,7 +79,8 @@ struct Answers {
 async fn burst(base: &str, count: usize, tag: &str) -> Answers {
     let attempts = (0..count).map(|i| {
         let url = format!("{base}/sessions");
-        let body = serde_json::json!({"email": format!("nobody-{tag}-{i}@example.com"), "password": "not the password"});
+        let body =
+            serde_json::json!({"email": format!("nobody-{tag}-{i}@example.com"), "password": "not the password"});
         async move {
             // One client per login: a connection each, as a burst of separate clients would open.
             let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken, StoredChanges, User,
-    UserCache, UserError, UserId, UserRepository,
+    Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher, SessionStore, SessionToken,
+    StoredChanges, User, UserCache, UserError, UserId, UserRepository,
 };
 
 /// The most users one page may hold.
