@@ -100,13 +100,13 @@ impl ConnectionClock {
     /// Bytes arrived from the client: while waiting, a request head has started.
     fn received(&self) {
         let mut state = self.state();
-        if let Phase::Waiting { head_started, received, .. } = &mut state.phase {
-            if !*received {
-                *received = true;
-                head_started.get_or_insert_with(Instant::now);
-                drop(state);
-                self.changed.notify_one();
-            }
+        if let Phase::Waiting { head_started, received, .. } = &mut state.phase
+            && !*received
+        {
+            *received = true;
+            head_started.get_or_insert_with(Instant::now);
+            drop(state);
+            self.changed.notify_one();
         }
     }
 
