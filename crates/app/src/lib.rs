@@ -6,6 +6,7 @@ pub mod http;
 pub mod migrations;
 pub mod outbox;
 pub mod port;
+pub mod serve;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;

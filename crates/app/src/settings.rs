@@ -8,6 +8,8 @@ use std::time::Duration;
 use infra::config::{Config, ConfigError, Reader, Sensitivity, Sources, Unit};
 use ipnet::IpNet;
 
+use crate::serve::{MIN_HEADER_BYTES, ServerLimits};
+
 /// Everything the service needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -39,6 +41,9 @@ pub struct HttpSettings {
     pub rate_limit_rps: u32,
     /// `RATE_LIMIT_BURST`: how many requests a client IP may send at once before the rate applies.
     pub rate_limit_burst: u32,
+    /// `HTTP_HEADER_READ_TIMEOUT`, `HTTP_KEEP_ALIVE_TIMEOUT`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES`:
+    /// the limits on connections, which bound what slow or idle clients can hold.
+    pub server: ServerLimits,
 }
 
 /// Sessions and the login brute-force limit.
@@ -112,6 +117,22 @@ impl HttpSettings {
                 .0,
             rate_limit_rps: r.int("RATE_LIMIT_RPS", 100, 1, 1_000_000),
             rate_limit_burst: r.int("RATE_LIMIT_BURST", 200, 1, 1_000_000),
+            server: ServerLimits {
+                header_read_timeout: r.duration(
+                    "HTTP_HEADER_READ_TIMEOUT",
+                    Duration::from_secs(10),
+                    Unit::Seconds,
+                    false,
+                ),
+                keep_alive_timeout: r.duration(
+                    "HTTP_KEEP_ALIVE_TIMEOUT",
+                    Duration::from_secs(75),
+                    Unit::Seconds,
+                    false,
+                ),
+                max_connections: r.int("HTTP_MAX_CONNECTIONS", 1024, 1, 1_000_000),
+                max_header_bytes: r.int("HTTP_MAX_HEADER_BYTES", 32 * 1024, MIN_HEADER_BYTES as i64, 1 << 20),
+            },
         }
     }
 }
@@ -190,6 +211,10 @@ mod tests {
     fn defaults_need_no_variables() {
         let settings = settings(&[]).expect("defaults are valid");
         assert_eq!(settings.http.body_limit, 1024 * 1024);
+        assert_eq!(settings.http.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(settings.http.server.keep_alive_timeout, Duration::from_secs(75));
+        assert_eq!(settings.http.server.max_connections, 1024);
+        assert_eq!(settings.http.server.max_header_bytes, 32 * 1024);
         assert!(settings.http.trusted_proxies.is_empty(), "X-Forwarded-For is ignored by default");
         assert!(!settings.sessions.cookie_secure);
         assert!(settings.config.effective().iter().any(|entry| entry.name == "OUTBOX_RETENTION"));
@@ -215,6 +240,16 @@ mod tests {
             let row = format!("| `{}` |", entry.name);
             assert!(reference.contains(&row), "docs/configuration.md has no row for {}", entry.name);
         }
+    }
+
+    #[test]
+    fn server_limits_refuse_a_header_limit_below_hypers_smallest_buffer_and_a_zero_cap() {
+        let err = settings(&[("HTTP_MAX_HEADER_BYTES", "4096"), ("HTTP_MAX_CONNECTIONS", "0")]).expect_err("invalid");
+        let names: Vec<&str> = err.problems().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["HTTP_MAX_CONNECTIONS", "HTTP_MAX_HEADER_BYTES"]);
+        let ok = settings(&[("HTTP_HEADER_READ_TIMEOUT", "2s"), ("HTTP_KEEP_ALIVE_TIMEOUT", "1m")]).expect("valid");
+        assert_eq!(ok.http.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(ok.http.server.keep_alive_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
 use crate::outbox::relay::OutboxRelay;
+use crate::serve::ServerLimits;
 use crate::settings::Settings;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
 use crate::users::postgres::PostgresUsers;
@@ -51,6 +52,7 @@ struct Workers {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    server_limits: ServerLimits,
     workers: Workers,
     shutdown_timeout: Duration,
 }
@@ -131,6 +133,7 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state),
+            server_limits: settings.http.server,
             workers: Workers {
                 event_log_retention: EventLogRetention::new(postgres.clone(), settings.event_log.retention),
                 postgres,
@@ -155,13 +158,12 @@ impl Application {
     /// abandoned, nothing lost), flushes the producer, closes the pools.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let address = self.local_addr()?;
-        let Application { listener, router, workers, shutdown_timeout } = self;
+        let Application { listener, router, server_limits, workers, shutdown_timeout } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let graceful = async move {
             let _ = stop_rx.wait_for(|stopping| *stopping).await;
         };
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let mut server = tokio::spawn(axum::serve(listener, service).with_graceful_shutdown(graceful).into_future());
+        let mut server = tokio::spawn(crate::serve::serve(listener, router, server_limits, graceful));
         let upkeep = spawn_metrics_upkeep(workers.metrics.clone());
         let stop_consuming = CancellationToken::new();
         let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);

@@ -10,6 +10,7 @@ mod helpers;
 mod metrics;
 mod migrations;
 mod outbox;
+mod server_limits;
 mod sessions;
 mod shutdown;
 mod telemetry;
