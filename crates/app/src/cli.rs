@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use clap::{Parser, Subcommand};
-use infra::config::Config;
+use infra::settings::Config;
 
 /// rust-app: a production-ready service on PostgreSQL, Redis and Kafka.
 ///

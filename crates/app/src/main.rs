@@ -6,7 +6,7 @@ use app::cli::{Cli, Command};
 use app::settings::Settings;
 use app::{shutdown, startup::Application};
 use clap::Parser;
-use infra::config::{Config, EXIT_CONFIG};
+use infra::settings::{Config, EXIT_CONFIG};
 use infra::telemetry::{LogOutput, TelemetryError, TelemetryGuard};
 use tokio::runtime::Runtime;
 

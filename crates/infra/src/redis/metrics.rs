@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use metrics::{Gauge, counter, gauge};
+use metrics::{Gauge, counter, gauge, histogram};
 
 use crate::outcome_histograms::OutcomeHistograms;
-
 use crate::resilience::BreakerState;
 
-/// Metric names.
+/// Metric names of the whole Redis layer: commands, cache and rate limiter.
 pub mod names {
     /// Histogram: command duration (retries included) by `command` and `outcome`, seconds.
     pub const COMMAND_DURATION: &str = "redis_command_duration_seconds";
@@ -18,6 +17,12 @@ pub mod names {
     pub const RETRIES: &str = "redis_retries_total";
     /// Gauge: circuit breaker state (0 closed, 1 half-open, 2 open).
     pub const BREAKER_STATE: &str = "redis_breaker_state";
+    /// Counter: cache lookups by `result` = `hit` | `miss` | `error` | `bypass`.
+    pub const CACHE_LOOKUPS: &str = "redis_cache_lookups_total";
+    /// Histogram: `get_or_load` duration by `result`, seconds (a miss includes the loader).
+    pub const CACHE_DURATION: &str = "redis_cache_duration_seconds";
+    /// Counter: rate-limit decisions by `decision` = `allowed` | `limited` | `fail_open` | `fail_closed`.
+    pub const RATE_LIMIT_DECISIONS: &str = "redis_rate_limit_decisions_total";
 }
 
 /// The commands this client sends: the `command` label's whole range.
@@ -58,5 +63,48 @@ impl RedisMetrics {
 
     pub(crate) fn breaker(&self, state: BreakerState) {
         self.breaker.set(state.as_gauge());
+    }
+}
+
+/// The `result` label's whole range for the cache.
+const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "error", "bypass"];
+
+/// The cache's lookups and durations by result.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheMetrics;
+
+impl CacheMetrics {
+    /// Registers every lookup series at zero.
+    pub(crate) fn new() -> Self {
+        for result in CACHE_RESULTS {
+            counter!(names::CACHE_LOOKUPS, "result" => result).increment(0);
+        }
+        CacheMetrics
+    }
+
+    pub(crate) fn looked_up(&self, result: &'static str, elapsed: Duration) {
+        counter!(names::CACHE_LOOKUPS, "result" => result).increment(1);
+        histogram!(names::CACHE_DURATION, "result" => result).record(elapsed.as_secs_f64());
+    }
+}
+
+/// The `decision` label's whole range for the rate limiter.
+const DECISIONS: [&str; 4] = ["allowed", "limited", "fail_open", "fail_closed"];
+
+/// The rate limiter's decisions.
+#[derive(Clone, Debug)]
+pub(crate) struct RateLimitMetrics;
+
+impl RateLimitMetrics {
+    /// Registers every decision series at zero.
+    pub(crate) fn new() -> Self {
+        for decision in DECISIONS {
+            counter!(names::RATE_LIMIT_DECISIONS, "decision" => decision).increment(0);
+        }
+        RateLimitMetrics
+    }
+
+    pub(crate) fn decided(&self, decision: &'static str) {
+        counter!(names::RATE_LIMIT_DECISIONS, "decision" => decision).increment(1);
     }
 }

@@ -5,10 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use infra::config::Sources;
 use infra::health::HealthCheck;
-use infra::postgres::{Isolation, PostgresClient, PostgresError, PostgresHealth, RetryPolicy, sql};
-use test_support::postgres::{PrivatePostgres, TestDb, config};
+use infra::postgres::{Isolation, PostgresClient, PostgresConfig, PostgresError, PostgresHealth, RetryPolicy, sql};
+use infra::settings::Config;
+use test_support::postgres::{PrivatePostgres, TestDb};
 use test_support::{CapturedLogs, eventually};
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let env: Vec<(&str, &str)> = [("POSTGRES_DSN", dsn)].into_iter().chain(overrides.iter().copied()).collect();
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
 
 fn client(db: &TestDb, overrides: &[(&str, &str)]) -> PostgresClient {
     PostgresClient::connect_lazy(&config(&db.dsn(), overrides)).expect("client")
@@ -217,9 +225,9 @@ async fn idle_connections_beyond_the_cap_are_closed() {
         query.await.expect("task").expect("query");
     }
     let settled =
-        eventually(Duration::from_secs(5), async || pg.pool_stats().1 <= 2 && db.server_connections() <= 2).await;
+        eventually(Duration::from_secs(5), async || pg.pool_stats().idle <= 2 && db.server_connections() <= 2).await;
     assert!(settled, "idle {:?}, server connections {}", pg.pool_stats(), db.server_connections());
-    assert_eq!(pg.pool_stats().1, 2, "up to the cap is kept");
+    assert_eq!(pg.pool_stats().idle, 2, "up to the cap is kept");
     pg.close().await;
 }
 
@@ -308,7 +316,7 @@ async fn passwords_never_reach_logs_errors_spans_or_debug_output() {
     // Malformed DSN: rejected by configuration.
     let malformed = format!("postgres://rust_app_user:{secret}@127.0.0.1:99999/rust_app");
     let sources = infra::config::Sources::from_env_pairs(&[("POSTGRES_DSN", &malformed)]);
-    let err = infra::config::Config::from_sources(&sources).expect_err("malformed");
+    let err = infra::settings::Config::from_sources(&sources).expect_err("malformed");
     shown.extend([err.to_string(), format!("{err:?}")]);
 
     shown.push(logs.text());
