@@ -66,45 +66,47 @@ impl RedisMetrics {
     }
 }
 
-/// The `result` label's whole range for the cache.
-const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "error", "bypass"];
-
-/// The cache's lookups and durations by result.
+/// A counter with one label of a fixed range of values, every series registered at zero so alerts and
+/// dashboards see "none yet", not "no data".
 #[derive(Clone, Debug)]
-pub(crate) struct CacheMetrics;
+pub(crate) struct LabelledCounter {
+    name: &'static str,
+    label: &'static str,
+}
+
+impl LabelledCounter {
+    pub(crate) fn new(name: &'static str, label: &'static str, values: &[&'static str]) -> Self {
+        for value in values {
+            counter!(name, label => *value).increment(0);
+        }
+        LabelledCounter { name, label }
+    }
+
+    pub(crate) fn increment(&self, value: &'static str) {
+        counter!(self.name, self.label => value).increment(1);
+    }
+}
+
+/// The cache's lookups and durations by `result`.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheMetrics {
+    lookups: LabelledCounter,
+}
 
 impl CacheMetrics {
-    /// Registers every lookup series at zero.
     pub(crate) fn new() -> Self {
-        for result in CACHE_RESULTS {
-            counter!(names::CACHE_LOOKUPS, "result" => result).increment(0);
+        CacheMetrics {
+            lookups: LabelledCounter::new(names::CACHE_LOOKUPS, "result", &["hit", "miss", "error", "bypass"]),
         }
-        CacheMetrics
     }
 
     pub(crate) fn looked_up(&self, result: &'static str, elapsed: Duration) {
-        counter!(names::CACHE_LOOKUPS, "result" => result).increment(1);
+        self.lookups.increment(result);
         histogram!(names::CACHE_DURATION, "result" => result).record(elapsed.as_secs_f64());
     }
 }
 
-/// The `decision` label's whole range for the rate limiter.
-const DECISIONS: [&str; 4] = ["allowed", "limited", "fail_open", "fail_closed"];
-
-/// The rate limiter's decisions.
-#[derive(Clone, Debug)]
-pub(crate) struct RateLimitMetrics;
-
-impl RateLimitMetrics {
-    /// Registers every decision series at zero.
-    pub(crate) fn new() -> Self {
-        for decision in DECISIONS {
-            counter!(names::RATE_LIMIT_DECISIONS, "decision" => decision).increment(0);
-        }
-        RateLimitMetrics
-    }
-
-    pub(crate) fn decided(&self, decision: &'static str) {
-        counter!(names::RATE_LIMIT_DECISIONS, "decision" => decision).increment(1);
-    }
+/// The rate limiter's decisions by `decision`.
+pub(crate) fn rate_limit_decisions() -> LabelledCounter {
+    LabelledCounter::new(names::RATE_LIMIT_DECISIONS, "decision", &["allowed", "limited", "fail_open", "fail_closed"])
 }

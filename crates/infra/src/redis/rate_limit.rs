@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::client::RedisClient;
 use super::config::RedisConfig;
 use super::error::RedisError;
-use super::metrics::RateLimitMetrics;
+use super::metrics::{LabelledCounter, rate_limit_decisions};
 
 /// GCRA: the key holds the "theoretical arrival time" (TAT) of the next request, in microseconds of the
 /// server clock (milliseconds would cap every limit at 1000 requests per second). A request is allowed when
@@ -84,13 +84,13 @@ pub struct RateLimiter {
     redis: RedisClient,
     prefix: String,
     when_unavailable: WhenUnavailable,
-    metrics: RateLimitMetrics,
+    decisions: LabelledCounter,
 }
 
 impl RateLimiter {
     /// A limiter storing its state under `{prefix}:{key}`.
     pub fn new(redis: RedisClient, prefix: impl Into<String>, when_unavailable: WhenUnavailable) -> Self {
-        RateLimiter { redis, prefix: prefix.into(), when_unavailable, metrics: RateLimitMetrics::new() }
+        RateLimiter { redis, prefix: prefix.into(), when_unavailable, decisions: rate_limit_decisions() }
     }
 
     /// Takes one request from `key`'s allowance. Never fails: when Redis is unavailable the configured
@@ -102,7 +102,7 @@ impl RateLimiter {
         match self.redis.script::<(u8, u64, u64, u64)>("EVAL gcra", &redis_key, cmd).await {
             Ok((allowed, remaining, reset_us, retry_us)) => {
                 let allowed = allowed == 1;
-                self.metrics.decided(if allowed { "allowed" } else { "limited" });
+                self.decisions.increment(if allowed { "allowed" } else { "limited" });
                 Decision {
                     allowed,
                     limit: limit.burst,
@@ -118,7 +118,7 @@ impl RateLimiter {
     fn unavailable(&self, limit: Limit, err: &RedisError) -> Decision {
         let allowed = self.when_unavailable == WhenUnavailable::Allow;
         tracing::warn!(error = %err, allowed, "rate limiter cannot reach Redis");
-        self.metrics.decided(if allowed { "fail_open" } else { "fail_closed" });
+        self.decisions.increment(if allowed { "fail_open" } else { "fail_closed" });
         let wait = Duration::from_micros(limit.interval_us());
         Decision {
             allowed,
