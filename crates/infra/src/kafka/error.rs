@@ -110,6 +110,7 @@ pub struct HandlerError {
     pub(crate) kind: FailureKind,
 }
 
+/// How the consumer treats a handler failure (see the constructors of [`HandlerError`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureKind {
     Transient,
