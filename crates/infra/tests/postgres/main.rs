@@ -8,6 +8,7 @@ use std::time::Duration;
 use infra::config::Sources;
 use infra::health::HealthCheck;
 use infra::postgres::{Isolation, PostgresClient, PostgresConfig, PostgresError, PostgresHealth, RetryPolicy, sql};
+use infra::resilience::BreakerState;
 use infra::settings::Config;
 use test_support::postgres::{PrivatePostgres, TestDb};
 use test_support::{CapturedLogs, eventually};
@@ -284,8 +285,27 @@ async fn an_outage_fails_fast_with_the_cause_and_recovery_is_automatic() {
     server.start_again();
     let recovered = eventually(Duration::from_secs(15), async || pg.exec(sql("SELECT 1")).await.is_ok()).await;
     assert!(recovered, "calls succeed again once the server is back");
-    assert!(health.check().await.is_ok());
+    let details = health.check().await.expect("up again");
+    assert_eq!(details["address"], pg.address(), "the credential-free address, as Redis and Kafka report it");
     pg.close().await;
+}
+
+#[tokio::test]
+async fn the_breaker_follows_the_postgres_breaker_settings() {
+    let unreachable =
+        format!("postgres://rust_app_user:rust_app_password@127.0.0.1:{}/rust_app", test_support::free_port());
+    let settings = [("POSTGRES_ACQUIRE_TIMEOUT", "1s"), ("POSTGRES_BREAKER_FAILURES", "2")];
+    let pg = PostgresClient::connect_lazy(&config(&unreachable, &settings)).expect("client");
+    let refused = |err: &PostgresError| matches!(err, PostgresError::Unavailable { retry_in: Some(_), .. });
+
+    let first = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(!refused(&first), "tried: {first:?}");
+    assert_eq!(pg.breaker().state(), BreakerState::Closed, "one failure of the two POSTGRES_BREAKER_FAILURES");
+    let second = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(!refused(&second), "tried again: {second:?}");
+    assert_eq!(pg.breaker().state(), BreakerState::Open);
+    let third = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(refused(&third), "refused at once: {third:?}");
 }
 
 #[tokio::test]
