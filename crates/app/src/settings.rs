@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use infra::config::{Config, ConfigError, Reader, Sensitivity, Sources, Unit};
+use infra::config::{Reader, Sensitivity, Sources, Unit};
+use infra::settings::{Config, ConfigError};
 use ipnet::IpNet;
 
 use crate::serve::{MIN_HEADER_BYTES, ServerLimits};

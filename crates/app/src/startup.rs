@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use infra::config::Config;
 use infra::health::{Criticality, HealthRegistry};
 use infra::kafka::{KafkaClient, KafkaConsumer, KafkaHealth, KafkaProducer};
 use infra::postgres::{PostgresClient, PostgresHealth};
 use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
+use infra::settings::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,10 +76,10 @@ impl Application {
             crate::migrations::apply(&postgres).await.context("applying migrations at start")?;
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
-        let kafka = KafkaClient::new(&config.kafka)?;
+        let kafka = KafkaClient::connect_lazy(&config.kafka)?;
         spawn_ensure_topics(kafka.clone(), config);
-        let producer = KafkaProducer::new(&config.kafka)?;
-        let consumer = KafkaConsumer::new(&config.kafka, producer.clone())?;
+        let producer = KafkaProducer::connect_lazy(&config.kafka)?;
+        let consumer = KafkaConsumer::connect_lazy(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
         // The one consumer logs every event and keeps each user's audit trail from the user events.
         let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
@@ -124,7 +124,7 @@ impl Application {
         tracing::info!(
             service = %config.service.name,
             version = %config.service.version,
-            postgres = %postgres.target(),
+            postgres = %postgres.address(),
             redis = %config.redis.redacted_addr(),
             kafka = %config.kafka.bootstrap_servers(),
             topic = %config.kafka.topic,
@@ -242,7 +242,7 @@ fn spawn_consumer(
     stop: CancellationToken,
     close_timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move { consumer.consume_with_tracing(&handler, stop, close_timeout).await })
+    tokio::spawn(async move { consumer.consume(&handler, stop, close_timeout).await })
 }
 
 /// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays

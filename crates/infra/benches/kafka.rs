@@ -9,13 +9,13 @@
 //! Method: Kafka throughput cannot be measured paired operation by operation (a batch mixes both sides), so
 //! the sides take turns — raw, infra, infra, raw, raw, infra... — and each side's figure is its total records
 //! over its total time across the rounds, which cancels most of the ±20 % drift of this 2-core machine.
-//! - Produce: one long-lived producer per side (`KafkaProducer::new` / a `FutureProducer` configured with the
-//!   settings infra's `base_client_config` and `KafkaProducer::new` set: acks=all, idempotence, batch size,
+//! - Produce: one long-lived producer per side (`KafkaProducer::connect_lazy` / a `FutureProducer` configured with the
+//!   settings infra's `base_client_config` and `KafkaProducer::connect_lazy` set: acks=all, idempotence, batch size,
 //!   linger, compression, delivery timeout). Every round writes to a fresh 3-partition topic; one acknowledged
 //!   record first (metadata), then the clock runs while BENCH_WINDOW sends are kept in flight (each awaiting its
 //!   delivery report), same keys, value and header on both sides.
 //! - Consume: every side and round gets a fresh 3-partition topic holding BENCH_MESSAGES records and a fresh
-//!   group. infra: `KafkaConsumer::consume_with_tracing` with a handler that counts and cancels the token at the
+//!   group. infra: `KafkaConsumer::consume` with a handler that counts and cancels the token at the
 //!   last record; raw: a `StreamConsumer` with the consumer's settings (manual offset store, auto commit every
 //!   second, statistics every second, earliest) that counts and stores each offset the same way
 //!   (`store_offset`), in a task of its own as infra's loop; raw+read: the same, plus copying each record out
@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::{Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, Record};
+use infra::settings::Config;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -117,7 +118,7 @@ fn raw_base(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
-/// What `KafkaProducer::new` sets.
+/// What `KafkaProducer::connect_lazy` sets.
 fn raw_producer(config: &KafkaConfig) -> FutureProducer {
     raw_base(config)
         .set("acks", "all")
@@ -130,7 +131,7 @@ fn raw_producer(config: &KafkaConfig) -> FutureProducer {
         .expect("raw producer")
 }
 
-/// What `KafkaConsumer::new` sets (its context only feeds the statistics into its state; the default context
+/// What `KafkaConsumer::connect_lazy` sets (its context only feeds the statistics into its state; the default context
 /// parses them too).
 fn raw_consumer(config: &KafkaConfig) -> StreamConsumer {
     let every_second = Duration::from_secs(1).as_millis().to_string();
@@ -205,7 +206,7 @@ impl Producers {
     }
 
     async fn send_infra(&self, topic: &str, key: &[u8], value: &[u8]) {
-        self.infra.produce_with_tracing(topic, Some(key), value, &[HEADER]).await.expect("infra delivery");
+        self.infra.produce(topic, Some(key), value, &[HEADER]).await.expect("infra delivery");
     }
 
     /// Writes `n` records to `topic` through `side`; the elapsed time.
@@ -273,11 +274,11 @@ async fn consume(side: Side, config: &KafkaConfig, n: usize) -> Duration {
     let counter = std::sync::Arc::new(Counter::new(n));
     match side {
         Side::Infra => {
-            let dead_letters = KafkaProducer::new(config).expect("dead-letter producer");
-            let consumer = KafkaConsumer::new(config, dead_letters).expect("infra consumer");
+            let dead_letters = KafkaProducer::connect_lazy(config).expect("dead-letter producer");
+            let consumer = KafkaConsumer::connect_lazy(config, dead_letters).expect("infra consumer");
             let (handler, token) = (counter.clone(), counter.done.clone());
             let task = tokio::spawn(async move {
-                consumer.consume_with_tracing(handler.as_ref(), token, Duration::from_secs(10)).await;
+                consumer.consume(handler.as_ref(), token, Duration::from_secs(10)).await;
             });
             if tokio::time::timeout(CONSUME_DEADLINE, counter.done.cancelled()).await.is_err() {
                 counter.done.cancel();
@@ -359,9 +360,9 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let base = config(&unique("bench"), &unique("bench"));
-        let admin = KafkaClient::new(&base).expect("admin client");
+        let admin = KafkaClient::connect_lazy(&base).expect("admin client");
         let producers = Producers {
-            infra: KafkaProducer::new(&base).expect("infra producer"),
+            infra: KafkaProducer::connect_lazy(&base).expect("infra producer"),
             raw: raw_producer(&base),
             delivery_timeout: base.delivery_timeout,
         };

@@ -19,9 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use infra::postgres::{PostgresClient, sql};
+use infra::config::Sources;
+use infra::postgres::{PostgresClient, PostgresConfig, sql};
+use infra::settings::Config;
 use sqlx::PgPool;
-use test_support::postgres::{TestDb, config};
+use test_support::postgres::TestDb;
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let env: Vec<(&str, &str)> = [("POSTGRES_DSN", dsn)].into_iter().chain(overrides.iter().copied()).collect();
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
 
 const ROWS: i64 = 10_000;
 const POOL_SIZE: &str = "32";

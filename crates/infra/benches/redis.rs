@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::redis::RedisClient;
+use infra::settings::Config;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
@@ -40,9 +41,9 @@ async fn raw(conn: &mut MultiplexedConnection, op: Op, key: &str) {
 async fn infra(client: &RedisClient, op: Op, key: &str) {
     match op {
         Op::Get => {
-            let _: Option<String> = client.get_with_tracing(key).await.expect("infra GET");
+            let _: Option<String> = client.get(key).await.expect("infra GET");
         }
-        Op::Set => client.set_with_tracing(key, "value", Duration::ZERO).await.expect("infra SET"),
+        Op::Set => client.set(key, "value", Duration::ZERO).await.expect("infra SET"),
     }
 }
 

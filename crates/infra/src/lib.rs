@@ -11,4 +11,5 @@ mod outcome_histograms;
 pub mod postgres;
 pub mod redis;
 pub mod resilience;
+pub mod settings;
 pub mod telemetry;

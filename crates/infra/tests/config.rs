@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use infra::config::{Config, Origin, Sources};
+use infra::config::{Origin, Sources};
+use infra::settings::Config;
 use secrecy::ExposeSecret;
 
-fn load(env: &[(&str, &str)]) -> Result<Config, infra::config::ConfigError> {
+fn load(env: &[(&str, &str)]) -> Result<Config, infra::settings::ConfigError> {
     Config::from_sources(&Sources::from_env_pairs(env))
 }
 
@@ -31,6 +32,10 @@ fn defaults_are_the_specifications_with_rust_names() {
     assert_eq!(config.postgres.max_idle_conns, 10);
     assert_eq!(config.postgres.conn_max_lifetime, Duration::from_secs(5 * 60));
     assert_eq!(config.postgres.conn_max_idle_time, Duration::from_secs(5 * 60));
+    let breaker = &config.postgres.breaker;
+    assert_eq!((breaker.consecutive_failures, breaker.failure_rate), (1, 0.0), "one confirmed outage opens it");
+    assert_eq!((breaker.window, breaker.min_calls, breaker.half_open_probes), (20, 10, 1));
+    assert_eq!(breaker.open_for, Duration::from_secs(1));
     let redis = &config.redis;
     assert_eq!(redis.addr, "localhost:6379");
     assert_eq!(redis.password.expose_secret(), "");
@@ -234,6 +239,8 @@ fn every_rule_has_its_own_message() {
         ("REDIS_POOL_TIMEOUT", "0s", "must be greater than zero"),
         ("REDIS_IDLE_TIMEOUT", "-1", "must not be negative"),
         ("REDIS_TLS", "sometimes", "must be true or false"),
+        ("POSTGRES_BREAKER_FAILURES", "-1", "must be an integer from 0 to 1000"),
+        ("POSTGRES_BREAKER_COOLDOWN", "0", "must be greater than zero"),
         ("REDIS_BREAKER_FAILURE_RATE", "150", "must be an integer from 0 to 100"),
         ("REDIS_BREAKER_COOLDOWN", "0", "must be greater than zero"),
         ("REDIS_BREAKER_PROBES", "0", "must be an integer from 1 to 1000"),
@@ -342,6 +349,28 @@ fn secrets_never_appear_in_messages_listings_or_debug_output() {
     assert!(message.contains("POSTGRES_DSN=\"postgres://app:***@db:99999/app\""), "{message}");
     assert!(!message.contains(password), "secret leaked: {message}");
     assert!(!format!("{err:?}").contains(password), "secret leaked in Debug");
+}
+
+#[test]
+fn the_postgres_breaker_is_configured_like_the_redis_one() {
+    let env = [
+        ("FAILURES", "4"),
+        ("FAILURE_RATE", "30"),
+        ("WINDOW", "50"),
+        ("MIN_CALLS", "5"),
+        ("COOLDOWN", "3s"),
+        ("PROBES", "2"),
+    ];
+    let names: Vec<(String, &str)> = ["POSTGRES", "REDIS"]
+        .iter()
+        .flat_map(|prefix| env.iter().map(move |(suffix, value)| (format!("{prefix}_BREAKER_{suffix}"), *value)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = names.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+    let config = load(&pairs).expect("valid");
+    assert_eq!(config.postgres.breaker, config.redis.breaker);
+    let breaker = &config.postgres.breaker;
+    assert_eq!((breaker.consecutive_failures, breaker.failure_rate, breaker.window), (4, 0.3, 50));
+    assert_eq!((breaker.min_calls, breaker.open_for, breaker.half_open_probes), (5, Duration::from_secs(3), 2));
 }
 
 #[test]
@@ -591,7 +620,7 @@ fn the_kafka_sasl_password_never_appears_in_messages_listings_or_debug_output() 
     .expect("valid");
     let listing = format!("{:?}", good.effective());
     assert!(listing.contains("\"KAFKA_SASL_PASSWORD\", value: \"***\""), "{listing}");
-    let client = infra::kafka::KafkaClient::new(&good.kafka).expect("client");
+    let client = infra::kafka::KafkaClient::connect_lazy(&good.kafka).expect("client");
     for shown in [listing, format!("{good:?}"), format!("{:?}", good.kafka), format!("{client:?}")] {
         assert!(!shown.contains(password), "secret leaked: {shown}");
     }
@@ -621,12 +650,12 @@ fn librdkafka_accepts_the_security_settings() {
         ("KAFKA_SASL_PASSWORD", "secret"),
     ];
     let config = load(&sasl).expect("valid");
-    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_SSL + SCRAM-SHA-512");
+    infra::kafka::KafkaClient::connect_lazy(&config.kafka).expect("SASL_SSL + SCRAM-SHA-512");
 
     let mut with_ca = sasl.to_vec();
     with_ca.push(("KAFKA_SSL_CA_LOCATION", ca.path()));
     let config = load(&with_ca).expect("valid");
-    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_SSL with a CA file");
+    infra::kafka::KafkaClient::connect_lazy(&config.kafka).expect("SASL_SSL with a CA file");
 
     let plain = [
         ("KAFKA_BROKERS", "127.0.0.1:9"),
@@ -635,7 +664,7 @@ fn librdkafka_accepts_the_security_settings() {
         ("KAFKA_SASL_PASSWORD", "secret"),
     ];
     let config = load(&plain).expect("valid");
-    infra::kafka::KafkaClient::new(&config.kafka).expect("SASL_PLAINTEXT + PLAIN");
+    infra::kafka::KafkaClient::connect_lazy(&config.kafka).expect("SASL_PLAINTEXT + PLAIN");
 }
 
 /// The CA file really reaches librdkafka: one that is readable but not PEM makes the client fail to start.
@@ -648,7 +677,7 @@ fn a_ca_file_librdkafka_cannot_load_is_refused_when_the_client_is_created() {
         ("KAFKA_SSL_CA_LOCATION", not_pem.path()),
     ])
     .expect("readable, so the configuration itself is valid");
-    let err = infra::kafka::KafkaClient::new(&config.kafka).expect_err("librdkafka cannot load it");
+    let err = infra::kafka::KafkaClient::connect_lazy(&config.kafka).expect_err("librdkafka cannot load it");
     assert!(matches!(err, infra::kafka::KafkaError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("ssl.ca.location"), "{err}");
 }

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::{
-    Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, ProduceError, Record, headers,
+    Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, ProduceError, Record, dlq,
 };
+use infra::settings::Config;
 use test_support::{eventually, unique};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +32,7 @@ fn config(topic: &str, group: &str, overrides: &[(&str, &str)]) -> KafkaConfig {
 async fn topic(partitions: i32, overrides: &[(&str, &str)]) -> KafkaConfig {
     let name = unique("events");
     let config = config(&name, &unique("group"), overrides);
-    let admin = KafkaClient::new(&config).expect("admin client");
+    let admin = KafkaClient::connect_lazy(&config).expect("admin client");
     admin.ensure_topic(&config.topic, partitions, Duration::from_secs(10)).await.expect("topic");
     admin.ensure_topic(&config.dlq_topic, 1, Duration::from_secs(10)).await.expect("dead-letter topic");
     config
@@ -75,27 +76,23 @@ fn spawn_consumer(
     config: &KafkaConfig,
     handler: Recorder,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>, infra::kafka::ConsumerState) {
-    let producer = KafkaProducer::new(config).expect("producer");
-    let consumer = KafkaConsumer::new(config, producer).expect("consumer");
+    let producer = KafkaProducer::connect_lazy(config).expect("producer");
+    let consumer = KafkaConsumer::connect_lazy(config, producer).expect("consumer");
     let state = consumer.state();
     let stop = CancellationToken::new();
     let token = stop.clone();
-    let task =
-        tokio::spawn(async move { consumer.consume_with_tracing(&handler, token, Duration::from_secs(10)).await });
+    let task = tokio::spawn(async move { consumer.consume(&handler, token, Duration::from_secs(10)).await });
     (stop, task, state)
 }
 
 async fn produce(producer: &KafkaProducer, topic: &str, key: &str, value: &str) -> infra::kafka::Delivered {
-    producer
-        .produce_with_tracing(topic, Some(key.as_bytes()), value.as_bytes(), &[("source", b"test")])
-        .await
-        .expect("delivered")
+    producer.produce(topic, Some(key.as_bytes()), value.as_bytes(), &[("source", b"test")]).await.expect("delivered")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_delivered_in_key_order_and_committed_offsets_survive_a_restart() {
     let config = topic(3, &[]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     let mut partitions = BTreeMap::new();
     for n in 0..30 {
         let key = format!("user-{}", n % 5);
@@ -133,7 +130,7 @@ async fn records_are_delivered_in_key_order_and_committed_offsets_survive_a_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_retried_then_dead_lettered_and_does_not_block_the_partition() {
     let config = topic(1, &[("KAFKA_MAX_RETRIES", "2")]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     produce(&producer, &config.topic, "k", "before").await;
     let poison = produce(&producer, &config.topic, "k", "poison").await;
     produce(&producer, &config.topic, "k", "malformed").await;
@@ -161,21 +158,21 @@ async fn a_poison_record_is_retried_then_dead_lettered_and_does_not_block_the_pa
     assert_eq!((first.key.as_deref(), first.value.as_deref()), (Some(b"k".as_slice()), Some(b"poison".as_slice())));
     assert_eq!(first.header("source"), Some(b"test".as_slice()), "original headers kept");
     let text = |name: &str| String::from_utf8(first.header(name).expect(name).to_vec()).expect("utf-8");
-    assert_eq!(text(headers::dlq::ORIGINAL_TOPIC), config.topic);
-    assert_eq!(text(headers::dlq::ORIGINAL_PARTITION), poison.partition.to_string());
-    assert_eq!(text(headers::dlq::ORIGINAL_OFFSET), poison.offset.to_string());
-    assert_eq!(text(headers::dlq::ERROR), "database unavailable");
-    assert_eq!(text(headers::dlq::ATTEMPTS), "3", "1 attempt + KAFKA_MAX_RETRIES");
-    assert!(first.header(headers::dlq::ORIGINAL_TIMESTAMP).is_some());
+    assert_eq!(text(dlq::ORIGINAL_TOPIC), config.topic);
+    assert_eq!(text(dlq::ORIGINAL_PARTITION), poison.partition.to_string());
+    assert_eq!(text(dlq::ORIGINAL_OFFSET), poison.offset.to_string());
+    assert_eq!(text(dlq::ERROR), "database unavailable");
+    assert_eq!(text(dlq::ATTEMPTS), "3", "1 attempt + KAFKA_MAX_RETRIES");
+    assert!(first.header(dlq::ORIGINAL_TIMESTAMP).is_some());
     let second = &dead[1];
     assert_eq!(second.value.as_deref(), Some(b"malformed".as_slice()));
-    assert_eq!(second.header(headers::dlq::ATTEMPTS), Some(b"1".as_slice()), "permanent: no retries");
+    assert_eq!(second.header(dlq::ATTEMPTS), Some(b"1".as_slice()), "permanent: no retries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_right_for_every_assigned_partition_and_falls_as_records_are_handled() {
     let config = topic(3, &[]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     let mut produced: BTreeMap<i32, i64> = BTreeMap::new();
     for n in 0..24 {
         let delivered = produce(&producer, &config.topic, &format!("key-{n}"), "x").await;
@@ -224,7 +221,7 @@ async fn lag_is_right_for_every_assigned_partition_and_falls_as_records_are_hand
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_record_in_hand_commits_it_and_returns_in_time() {
     let config = topic(1, &[]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     for n in 0..5 {
         produce(&producer, &config.topic, "k", &format!("r{n}")).await;
     }
@@ -254,9 +251,9 @@ async fn a_send_to_an_unreachable_broker_fails_with_a_timeout_within_the_deliver
     let closed = format!("127.0.0.1:{}", test_support::free_port());
     let env = [("KAFKA_BROKERS", closed.as_str()), ("KAFKA_DELIVERY_TIMEOUT", "1"), ("KAFKA_DIAL_TIMEOUT", "1")];
     let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid").kafka;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     let started = Instant::now();
-    let err = producer.produce_with_tracing("events", None, b"v", &[]).await.expect_err("no broker");
+    let err = producer.produce("events", None, b"v", &[]).await.expect_err("no broker");
     assert!(matches!(err, ProduceError::TimedOut { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "bounded by KAFKA_DELIVERY_TIMEOUT: {:?}", started.elapsed());
     producer.flush(Duration::from_millis(100)).await.expect("nothing left to flush");
@@ -284,19 +281,18 @@ impl Handler for Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_stays_current_while_a_handler_call_hangs_and_nothing_is_skipped_or_reordered() {
     let config = topic(3, &[]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     produce(&producer, &config.topic, "key-0", "block").await;
     let handler = Gated {
         recorder: Recorder::default(),
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
         entered: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
-    let consumer = KafkaConsumer::new(&config, producer.clone()).expect("consumer");
+    let consumer = KafkaConsumer::connect_lazy(&config, producer.clone()).expect("consumer");
     let state = consumer.state();
     let stop = CancellationToken::new();
     let (running, token) = (handler.clone(), stop.clone());
-    let task =
-        tokio::spawn(async move { consumer.consume_with_tracing(&running, token, Duration::from_secs(10)).await });
+    let task = tokio::spawn(async move { consumer.consume(&running, token, Duration::from_secs(10)).await });
     let entered =
         eventually(Duration::from_secs(30), async || handler.entered.load(std::sync::atomic::Ordering::SeqCst)).await;
     assert!(entered, "the blocking record reached the handler");
@@ -353,15 +349,14 @@ impl Handler for DuringOutage {
 async fn a_dependency_outage_outlasting_the_retries_dead_letters_nothing() {
     // One retry allowed; the outage lasts six calls.
     let config = topic(1, &[("KAFKA_MAX_RETRIES", "1"), ("KAFKA_RETRY_BACKOFF", "10ms")]).await;
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     produce(&producer, &config.topic, "k", "first").await;
     produce(&producer, &config.topic, "k", "second").await;
     let handler = DuringOutage { recorder: Recorder::default(), calls: Arc::default(), outage: 6 };
-    let consumer = KafkaConsumer::new(&config, producer.clone()).expect("consumer");
+    let consumer = KafkaConsumer::connect_lazy(&config, producer.clone()).expect("consumer");
     let stop = CancellationToken::new();
     let (running, token) = (handler.clone(), stop.clone());
-    let task =
-        tokio::spawn(async move { consumer.consume_with_tracing(&running, token, Duration::from_secs(10)).await });
+    let task = tokio::spawn(async move { consumer.consume(&running, token, Duration::from_secs(10)).await });
     let handled = eventually(Duration::from_secs(60), async || handler.recorder.count() == 2).await;
     assert!(handled, "both records handled once the dependency is back: {:?}", handler.recorder.values());
     assert_eq!(handler.recorder.values(), ["first", "second"], "in order, the first one not skipped");

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::{Handler, HandlerError, KafkaClient, KafkaConsumer, KafkaProducer, Record, headers};
+use infra::settings::Config;
 use infra::telemetry::propagation;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -56,12 +57,16 @@ async fn the_consumer_span_continues_the_producers_trace_and_the_correlation_id_
     let mut env = env.to_vec();
     env.push(("KAFKA_CONSUMER_GROUP", group.as_str()));
     let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("config").kafka;
-    KafkaClient::new(&config).expect("admin").ensure_topic(&topic, 1, Duration::from_secs(10)).await.expect("topic");
-    let producer = KafkaProducer::new(&config).expect("producer");
+    KafkaClient::connect_lazy(&config)
+        .expect("admin")
+        .ensure_topic(&topic, 1, Duration::from_secs(10))
+        .await
+        .expect("topic");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
 
     let request = tracing::info_span!("test request");
     let request_trace = propagation::trace_id(&request).expect("the request span has a trace id");
-    let produce = producer.produce_with_tracing(&topic, Some(b"k"), b"v", &[("source", b"test")]);
+    let produce = producer.produce(&topic, Some(b"k"), b"v", &[("source", b"test")]);
     propagation::with_correlation_id(Arc::from("req-7"), tracing::Instrument::instrument(produce, request.clone()))
         .await
         .expect("delivered");
@@ -69,17 +74,17 @@ async fn the_consumer_span_continues_the_producers_trace_and_the_correlation_id_
 
     let seen = Seen::default();
     let done = CancellationToken::new();
-    let consumer = KafkaConsumer::new(&config, producer.clone()).expect("consumer");
+    let consumer = KafkaConsumer::connect_lazy(&config, producer.clone()).expect("consumer");
     let handler = Capture { seen: seen.clone(), done: done.clone() };
-    let consuming = consumer.consume_with_tracing(&handler, done.clone(), Duration::from_secs(10));
+    let consuming = consumer.consume(&handler, done.clone(), Duration::from_secs(10));
     tokio::time::timeout(Duration::from_secs(60), consuming).await.expect("the record is consumed within a minute");
 
     let Handled { trace_id: handler_trace, correlation_id: correlation, record } =
         seen.0.lock().expect("lock").clone().expect("handled");
     assert_eq!(handler_trace.as_deref(), Some(request_trace.as_str()), "the handler runs in the producer's trace");
     assert_eq!(correlation.as_deref(), Some("req-7"));
-    assert_eq!(record.header(headers::trace::CORRELATION_ID), Some(b"req-7".as_slice()));
-    let traceparent = String::from_utf8(record.header(headers::trace::TRACEPARENT).expect("traceparent").to_vec());
+    assert_eq!(record.header(headers::CORRELATION_ID), Some(b"req-7".as_slice()));
+    let traceparent = String::from_utf8(record.header(headers::TRACEPARENT).expect("traceparent").to_vec());
     assert!(traceparent.expect("ASCII").contains(&request_trace));
     assert_eq!(record.header("source"), Some(b"test".as_slice()), "the caller's headers are kept");
 

@@ -2,10 +2,18 @@
 
 use std::collections::HashMap;
 
+use infra::config::Sources;
 use infra::postgres::metrics::names;
-use infra::postgres::{Isolation, PostgresClient, RetryPolicy, sql};
+use infra::postgres::{Isolation, PostgresClient, PostgresConfig, RetryPolicy, sql};
+use infra::settings::Config;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use test_support::postgres::{TestDb, config};
+use test_support::postgres::TestDb;
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let env: Vec<(&str, &str)> = [("POSTGRES_DSN", dsn)].into_iter().chain(overrides.iter().copied()).collect();
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
 
 /// (name, sorted labels) → value.
 fn read(snapshotter: &Snapshotter) -> HashMap<(String, Vec<(String, String)>), DebugValue> {

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::redis::{RedisClient, RedisError};
+use infra::settings::Config;
 use test_support::fakes::RedisServer;
 use test_support::unique;
 
@@ -27,14 +28,10 @@ async fn operations_against_the_shared_server() {
     let prefix = unique("redis_ops");
     let (a, b, missing) = (format!("{prefix}:a"), format!("{prefix}:b"), format!("{prefix}:missing"));
 
-    assert_eq!(
-        redis.get_with_tracing::<String>(&missing).await.expect("GET"),
-        None,
-        "missing key is None, not an error"
-    );
-    redis.set_with_tracing(&a, "one", Duration::from_secs(60)).await.expect("SET");
-    redis.set_with_tracing(&b, 2, Duration::ZERO).await.expect("SET");
-    assert_eq!(redis.get_with_tracing::<String>(&a).await.expect("GET"), Some("one".into()));
+    assert_eq!(redis.get::<String>(&missing).await.expect("GET"), None, "missing key is None, not an error");
+    redis.set(&a, "one", Duration::from_secs(60)).await.expect("SET");
+    redis.set(&b, 2, Duration::ZERO).await.expect("SET");
+    assert_eq!(redis.get::<String>(&a).await.expect("GET"), Some("one".into()));
     assert_eq!(
         redis.mget::<String>(&[&a, &missing, &b]).await.expect("MGET"),
         [Some("one".into()), None, Some("2".into())]
@@ -50,23 +47,22 @@ async fn operations_against_the_shared_server() {
     let wrong = redis.get_json::<User>(&a).await.expect_err("not JSON");
     assert!(matches!(wrong, RedisError::Conversion(_)), "{wrong:?}");
 
-    assert_eq!(redis.del_with_tracing(&[&a, &b, &key, &missing]).await.expect("DEL"), 3);
-    let wrong_type =
-        redis.incr(&format!("{prefix}:none"), 1).await.and(redis.set_with_tracing(&a, "x", Duration::ZERO).await);
+    assert_eq!(redis.del(&[&a, &b, &key, &missing]).await.expect("DEL"), 3);
+    let wrong_type = redis.incr(&format!("{prefix}:none"), 1).await.and(redis.set(&a, "x", Duration::ZERO).await);
     assert!(wrong_type.is_ok());
     let err = redis.incr(&a, 1).await.expect_err("not an integer");
     assert!(matches!(err, RedisError::Command { command: "INCRBY", .. }), "{err:?}");
-    redis.del_with_tracing(&[&a, &format!("{prefix}:none")]).await.expect("cleanup");
+    redis.del(&[&a, &format!("{prefix}:none")]).await.expect("cleanup");
 }
 
 #[tokio::test]
 async fn ttl_is_honoured() {
     let redis = client("127.0.0.1:6379", &[]);
     let key = unique("redis_ttl");
-    redis.set_with_tracing(&key, "short-lived", Duration::from_millis(150)).await.expect("SET");
-    assert!(redis.get_with_tracing::<String>(&key).await.expect("GET").is_some());
+    redis.set(&key, "short-lived", Duration::from_millis(150)).await.expect("SET");
+    assert!(redis.get::<String>(&key).await.expect("GET").is_some());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(redis.get_with_tracing::<String>(&key).await.expect("GET"), None, "expired");
+    assert_eq!(redis.get::<String>(&key).await.expect("GET"), None, "expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +76,7 @@ async fn the_pool_spills_over_under_load_but_never_opens_more_connections_than_i
         let commands: Vec<_> = (0..300)
             .map(|i| {
                 let redis = redis.clone();
-                tokio::spawn(async move { redis.set_with_tracing(&format!("k{i}"), i, Duration::ZERO).await })
+                tokio::spawn(async move { redis.set(&format!("k{i}"), i, Duration::ZERO).await })
             })
             .collect();
         peak = peak.max(server.clients());
@@ -90,7 +86,7 @@ async fn the_pool_spills_over_under_load_but_never_opens_more_connections_than_i
         peak = peak.max(server.clients());
     }
     assert!((2..=3).contains(&peak), "saw {peak} client connections with REDIS_POOL_SIZE=3 under heavy load");
-    assert!(redis.pool_state().0 <= 3);
+    assert!(redis.pool_stats().size <= 3);
 }
 
 #[tokio::test]
@@ -130,15 +126,12 @@ async fn connections_older_than_the_max_age_are_replaced() {
 async fn killed_connections_are_replaced_and_idempotent_commands_retried() {
     let server = RedisServer::start();
     let redis = client(&server.addr(), &[("REDIS_MIN_IDLE_CONNS", "0")]);
-    redis.set_with_tracing("k", "v", Duration::ZERO).await.expect("SET");
+    redis.set("k", "v", Duration::ZERO).await.expect("SET");
     let kill =
         || server.command::<u64>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes"));
 
     kill().expect("CLIENT KILL");
-    assert_eq!(
-        redis.get_with_tracing::<String>("k").await.expect("GET retried on a fresh connection"),
-        Some("v".into())
-    );
+    assert_eq!(redis.get::<String>("k").await.expect("GET retried on a fresh connection"), Some("v".into()));
 
     kill().expect("CLIENT KILL");
     let err = redis.incr("counter", 1).await.expect_err("INCRBY is not retried");
@@ -210,7 +203,7 @@ async fn concurrent_misses_on_one_key_call_the_loader_once() {
         .await
         .expect("served from Redis");
     assert_eq!(hit.id, 7);
-    client("127.0.0.1:6379", &[]).del_with_tracing(&[&key]).await.expect("cleanup");
+    client("127.0.0.1:6379", &[]).del(&[&key]).await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -233,10 +226,10 @@ async fn with_redis_unavailable_the_cache_degrades_to_the_loader() {
 
 #[tokio::test]
 async fn sessions_slide_expire_and_never_show_their_id() {
-    use infra::redis::SessionStore;
+    use infra::redis::RedisSessionStore;
     let logs = test_support::CapturedLogs::default();
     let _guard = logs.install();
-    let store = SessionStore::new(client("127.0.0.1:6379", &[]), unique("session"), Duration::from_millis(600));
+    let store = RedisSessionStore::new(client("127.0.0.1:6379", &[]), unique("session"), Duration::from_millis(600));
     let id = store.create(&User { id: 1, name: "Ada".into() }).await.expect("create");
     assert_eq!(store.load::<User>(&id).await.expect("load"), Some(User { id: 1, name: "Ada".into() }));
 

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::redis::{Limit, RateLimiter, RedisClient, WhenUnavailable};
+use infra::settings::Config;
 use test_support::fakes::RedisCluster;
 
 fn cluster_client(cluster: &RedisCluster) -> RedisClient {
@@ -21,7 +22,7 @@ async fn keys_spread_over_every_master_and_a_moved_slot_is_followed() {
     let redis = cluster_client(&cluster);
     let keys: Vec<String> = (0..60).map(|n| format!("user:{n}")).collect();
     for (n, key) in keys.iter().enumerate() {
-        redis.set_with_tracing(key, n, Duration::from_secs(60)).await.expect("SET");
+        redis.set(key, n, Duration::from_secs(60)).await.expect("SET");
     }
     for node in &cluster.nodes {
         let stored: u64 = node.command(&mut redis::cmd("DBSIZE")).expect("DBSIZE");
@@ -32,14 +33,14 @@ async fn keys_spread_over_every_master_and_a_moved_slot_is_followed() {
     assert_eq!(values, (0..60).map(Some).collect::<Vec<_>>());
 
     let new_owner = cluster.move_slot_of(&keys[7]);
-    assert_eq!(redis.get_with_tracing::<u64>(&keys[7]).await.expect("GET after MOVED"), Some(7));
+    assert_eq!(redis.get::<u64>(&keys[7]).await.expect("GET after MOVED"), Some(7));
     let on_new_owner = cluster.nodes.iter().find(|n| n.port == new_owner).expect("node");
     let exists: u64 = on_new_owner.command(redis::cmd("EXISTS").arg(&keys[7])).expect("EXISTS");
     assert_eq!(exists, 1, "the key really lives on the new owner");
-    redis.set_with_tracing(&keys[7], 70, Duration::ZERO).await.expect("SET after MOVED");
+    redis.set(&keys[7], 70, Duration::ZERO).await.expect("SET after MOVED");
     assert_eq!(redis.incr(&keys[7], 1).await.expect("INCRBY after MOVED"), 71);
 
-    assert_eq!(redis.del_with_tracing(&refs).await.expect("DEL across slots"), 60);
+    assert_eq!(redis.del(&refs).await.expect("DEL across slots"), 60);
     redis.ping().await.expect("PING every master");
 }
 

@@ -1,12 +1,9 @@
-//! PostgreSQL for tests: a fresh database per test on the shared stack, private servers for tests that stop
-//! or restart one, and configuration helpers.
+//! PostgreSQL for tests: a fresh database per test on the shared stack, and private servers for tests that
+//! stop or restart one. Plain DSNs only: this crate does not depend on the crates it helps test.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-use infra::config::{Config, Sources};
-use infra::postgres::PostgresConfig;
 
 use crate::{free_port, unique};
 
@@ -60,13 +57,6 @@ impl Drop for TestDb {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
-pub fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
-    let mut env = vec![("POSTGRES_DSN", dsn)];
-    env.extend_from_slice(overrides);
-    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
 }
 
 fn pg_bin(tool: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use infra::config::Config;
+use infra::settings::Config;
 
 /// The effective configuration as an aligned table: variable, value, source.
 pub fn render_effective_config(config: &Config) -> String {

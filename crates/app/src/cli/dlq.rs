@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use infra::config::Config;
 use infra::kafka::KafkaProducer;
 use infra::kafka::dlq::{DeadLetter, ReplayFilter, read_dead_letters, replay};
+use infra::settings::Config;
 
 /// `rust-app dlq ...`
 #[derive(Debug, Subcommand)]
@@ -105,7 +105,7 @@ async fn replay_selected(
     let (replayable, orphans): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
         selected.into_iter().partition(|l| l.original_topic().is_some_and(|t| !t.is_empty()));
     for orphan in &orphans {
-        eprintln!("skipped (no {} header):{}", infra::kafka::headers::dlq::ORIGINAL_TOPIC, describe(orphan));
+        eprintln!("skipped (no {} header):{}", infra::kafka::dlq::ORIGINAL_TOPIC, describe(orphan));
     }
     if dry_run {
         println!("dry run: {} record(s) would be replayed", replayable.len());
@@ -114,7 +114,7 @@ async fn replay_selected(
         }
         return Ok(());
     }
-    let producer = KafkaProducer::new(&config.kafka)?;
+    let producer = KafkaProducer::connect_lazy(&config.kafka)?;
     let total = replayable.len();
     for (done, letter) in replayable.iter().enumerate() {
         replay(&producer, letter).await?;

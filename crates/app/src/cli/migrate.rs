@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use infra::config::Config;
 use infra::postgres::PostgresClient;
+use infra::settings::Config;
 use infra::telemetry::LogOutput;
 
 /// Applies the pending migrations and says which; a failure is printed and exits non-zero.

@@ -8,7 +8,7 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use infra::config::{Config, EXIT_CONFIG};
+use infra::settings::{Config, EXIT_CONFIG};
 use infra::telemetry::{LogOutput, TelemetryError, TelemetryGuard};
 use tokio::runtime::Runtime;
 

@@ -33,7 +33,7 @@ impl EventPublisher for KafkaEventPublisher {
         let headers: [(&str, &[u8]); 1] = [("event-type", event.kind.as_str().as_bytes())];
         let delivered = self
             .producer
-            .produce_with_tracing(&self.topic, Some(event.key.as_str().as_bytes()), &value, &headers)
+            .produce(&self.topic, Some(event.key.as_str().as_bytes()), &value, &headers)
             .await
             .map_err(|err| PortError::unavailable(err.to_string()))?;
         Ok(Published { partition: delivered.partition, offset: delivered.offset })

@@ -285,7 +285,7 @@ impl OutboxRelay {
         if let Some(tracestate) = tracestate {
             headers.push(("tracestate", tracestate.as_bytes()));
         }
-        self.producer.produce_with_tracing(&self.topic, Some(key.as_bytes()), payload.as_bytes(), &headers).await?;
+        self.producer.produce(&self.topic, Some(key.as_bytes()), payload.as_bytes(), &headers).await?;
         Ok(())
     }
 

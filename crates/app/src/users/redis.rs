@@ -1,5 +1,5 @@
 //! The Redis side of users: the read cache (`user:{id}`, cache-aside through `infra::redis::Cache`) and login
-//! sessions (`session:{sha256(id)}`, `infra::redis::SessionStore`).
+//! sessions (`session:{sha256(id)}`, `infra::redis::RedisSessionStore`).
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ impl UserCache for RedisUserCache {
     }
 
     async fn invalidate(&self, id: UserId) {
-        if let Err(err) = self.redis.del_with_tracing(&[&cache_key(id)]).await {
+        if let Err(err) = self.redis.del(&[&cache_key(id)]).await {
             // The entry expires within USER_CACHE_TTL anyway; the write itself succeeded.
             tracing::warn!(user_id = %id, error = %err, "cannot invalidate the cached user; it may be stale until it expires");
         }
@@ -51,13 +51,13 @@ impl UserCache for RedisUserCache {
 /// Login sessions in Redis with a sliding TTL.
 #[derive(Clone, Debug)]
 pub struct RedisSessions {
-    store: infra::redis::SessionStore,
+    store: infra::redis::RedisSessionStore,
 }
 
 impl RedisSessions {
     /// Sessions in `redis` that expire `ttl` after their last use.
     pub fn new(redis: RedisClient, ttl: Duration) -> Self {
-        RedisSessions { store: infra::redis::SessionStore::new(redis, "session", ttl) }
+        RedisSessions { store: infra::redis::RedisSessionStore::new(redis, "session", ttl) }
     }
 }
 

@@ -12,9 +12,10 @@ use app::users::activity::postgres::PostgresActivityRecorder;
 use app::users::activity::{ActivityKind, ActivityRecorder, UserActivityEvent};
 use app::users::postgres::PostgresUsers;
 use app::users::{Activity, ActivityCursor, UserRepository};
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::KafkaProducer;
 use infra::postgres::{PostgresClient, sql};
+use infra::settings::Config;
 use serde_json::{Value, json};
 use test_support::eventually;
 use test_support::postgres::TestDb;
@@ -40,7 +41,7 @@ impl Harness {
         let env = [("KAFKA_TOPIC", topic.as_str()), ("KAFKA_DLQ_TOPIC", dlq.as_str())];
         let app = spawn_app(&env).await;
         let config = Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid configuration");
-        let producer = KafkaProducer::new(&config.kafka).expect("producer");
+        let producer = KafkaProducer::connect_lazy(&config.kafka).expect("producer");
         let postgres = PostgresClient::connect_lazy(&config.postgres).expect("PostgreSQL client");
         Harness { app, config, producer, postgres }
     }
@@ -49,7 +50,7 @@ impl Harness {
     async fn produce(&self, user: Uuid, value: &[u8]) {
         let key = user.to_string();
         self.producer
-            .produce_with_tracing(&self.config.kafka.topic, Some(key.as_bytes()), value, &[])
+            .produce(&self.config.kafka.topic, Some(key.as_bytes()), value, &[])
             .await
             .expect("record produced");
     }
@@ -252,7 +253,7 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
 #[tokio::test]
 async fn an_unreachable_database_is_reported_as_unavailable_not_as_a_bad_event() {
     let dsn = format!("postgres://rust_app_user:rust_app_password@127.0.0.1:{}/rust_app?sslmode=disable", free_port());
-    let config = test_support::postgres::config(&dsn, &[("POSTGRES_CONNECT_TIMEOUT", "2s")]);
+    let config = crate::helpers::postgres_config(&dsn, &[("POSTGRES_CONNECT_TIMEOUT", "2s")]);
     let recorder = PostgresActivityRecorder::new(PostgresClient::connect_lazy(&config).expect("lazy client"));
     let entry = UserActivityEvent {
         event_id: Uuid::now_v7(),
@@ -416,7 +417,7 @@ async fn the_trail_pages_newest_first_with_a_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_the_same_microsecond_are_split_across_pages_without_loss() {
     let db = TestDb::create();
-    let postgres = PostgresClient::connect_lazy(&test_support::postgres::config(&db.dsn(), &[])).expect("client");
+    let postgres = PostgresClient::connect_lazy(&crate::helpers::postgres_config(&db.dsn(), &[])).expect("client");
     app::migrations::apply(&postgres).await.expect("migrated");
     let recorder = PostgresActivityRecorder::new(postgres.clone());
     let (user, occurred_at) = (Uuid::now_v7(), OffsetDateTime::now_utc().replace_nanosecond(0).expect("time"));
@@ -448,7 +449,7 @@ async fn entries_of_the_same_microsecond_are_split_across_pages_without_loss() {
 #[tokio::test]
 async fn the_personal_data_migration_scrubs_rows_written_before_it() {
     let db = TestDb::create();
-    let postgres = PostgresClient::connect_lazy(&test_support::postgres::config(&db.dsn(), &[])).expect("client");
+    let postgres = PostgresClient::connect_lazy(&crate::helpers::postgres_config(&db.dsn(), &[])).expect("client");
     app::migrations::apply(&postgres).await.expect("migrated");
     let user = Uuid::now_v7();
     let profile = format!(r#"{{"id": "{user}", "name": "Early Bird", "email": "early@example.com"}}"#);

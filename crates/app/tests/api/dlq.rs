@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use infra::config::{Config, Sources};
-use infra::kafka::headers::dlq;
+use infra::config::Sources;
+use infra::kafka::dlq;
 use infra::kafka::{KafkaClient, KafkaConfig, KafkaProducer};
+use infra::settings::Config;
 use test_support::unique;
 
 use crate::helpers::{TempDir, binary};
@@ -31,11 +32,11 @@ async fn list_shows_the_dead_letters_and_replay_republishes_the_selected_ones() 
     let topic = unique("orders");
     let env = [("KAFKA_BROKERS", "127.0.0.1:9092"), ("KAFKA_TOPIC", topic.as_str())];
     let config = kafka_config(&env);
-    let admin = KafkaClient::new(&config).expect("admin");
+    let admin = KafkaClient::connect_lazy(&config).expect("admin");
     for name in [&config.topic, &config.dlq_topic] {
         admin.ensure_topic(name, 1, Duration::from_secs(10)).await.expect("topic");
     }
-    let producer = KafkaProducer::new(&config).expect("producer");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
     for (key, offset, error) in [("k1", "4", "database unavailable"), ("k2", "9", "malformed event")] {
         let headers: [(&str, &[u8]); 6] = [
             ("tenant", b"acme"),
@@ -47,7 +48,7 @@ async fn list_shows_the_dead_letters_and_replay_republishes_the_selected_ones() 
         ];
         let value = format!("value of {key}");
         producer
-            .produce_with_tracing(&config.dlq_topic, Some(key.as_bytes()), value.as_bytes(), &headers)
+            .produce(&config.dlq_topic, Some(key.as_bytes()), value.as_bytes(), &headers)
             .await
             .expect("dead letter");
     }

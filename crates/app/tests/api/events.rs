@@ -231,7 +231,7 @@ async fn publishing_past_the_burst_is_limited_with_retry_after() {
 #[tokio::test]
 async fn events_recorded_longer_ago_than_the_retention_are_pruned_and_the_rest_stay() {
     let db = TestDb::create();
-    let client = infra::postgres::PostgresClient::connect_lazy(&test_support::postgres::config(&db.dsn(), &[]))
+    let client = infra::postgres::PostgresClient::connect_lazy(&crate::helpers::postgres_config(&db.dsn(), &[]))
         .expect("PostgreSQL client");
     app::migrations::apply(&client).await.expect("migrations");
     // More expired rows than one pruning statement deletes, and recent ones.

@@ -20,6 +20,7 @@ async fn everything_up_against_the_local_stack() {
         let c = &body["components"][component];
         assert_eq!(c["status"], "up", "{component}: {c}");
         assert!(c["latency_ms"].as_f64().is_some(), "{component} has a latency");
+        assert!(c["details"]["address"].is_string(), "{component} shows where it connects: {c}");
     }
     assert_eq!(body["components"]["kafka"]["details"]["partitions"], 3);
 

@@ -7,12 +7,20 @@ use std::time::{Duration, Instant};
 use app::settings::Settings;
 use app::startup::Application;
 use infra::config::Sources;
+use infra::postgres::PostgresConfig;
+use infra::settings::Config;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use test_support::fakes::{BlackHole, RedisServer, TempDir};
 pub use test_support::{free_port, unique};
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+pub fn postgres_config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let env: Vec<(&str, &str)> = [("POSTGRES_DSN", dsn)].into_iter().chain(overrides.iter().copied()).collect();
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
 
 /// The service running in this process, stopped when dropped.
 pub struct TestApp {

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::KafkaProducer;
+use infra::settings::Config;
 use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app, unique};
@@ -107,8 +108,8 @@ async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_l
     // A record that is not an event: the consumer dead-letters it.
     let env = [("KAFKA_BROKERS", "127.0.0.1:9092"), ("KAFKA_TOPIC", topic.as_str())];
     let kafka = Config::from_sources(&Sources::from_env_pairs(&env)).expect("config").kafka;
-    let producer = KafkaProducer::new(&kafka).expect("producer");
-    producer.produce_with_tracing(&topic, Some(b"poison"), b"not json", &[]).await.expect("poison delivered");
+    let producer = KafkaProducer::connect_lazy(&kafka).expect("producer");
+    producer.produce(&topic, Some(b"poison"), b"not json", &[]).await.expect("poison delivered");
     app.get(&format!("/events/{}", uuid::Uuid::new_v4())).await;
     // A cache-aside read: GET /users/{id}.
     let user = app.create_user("metrics").await;

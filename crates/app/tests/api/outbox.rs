@@ -9,9 +9,10 @@ use std::time::Duration;
 use app::users::postgres::PostgresUsers;
 use app::users::{Email, Name, NewUser, PasswordHash, StoredChanges, UserRepository};
 use async_trait::async_trait;
-use infra::config::{Config, Sources};
+use infra::config::Sources;
 use infra::kafka::{Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, Record};
 use infra::postgres::{PostgresClient, sql};
+use infra::settings::Config;
 use test_support::eventually;
 use test_support::kafka::PrivateKafka;
 use test_support::postgres::TestDb;
@@ -51,7 +52,7 @@ async fn outbox_rows(client: &PostgresClient) -> Vec<OutboxRow> {
 /// A client of the test's database, with the migrations applied (as the app would at start).
 async fn database(db: &TestDb) -> PostgresClient {
     let client =
-        PostgresClient::connect_lazy(&test_support::postgres::config(&db.dsn(), &[])).expect("PostgreSQL client");
+        PostgresClient::connect_lazy(&crate::helpers::postgres_config(&db.dsn(), &[])).expect("PostgreSQL client");
     app::migrations::apply(&client).await.expect("migrations");
     client
 }
@@ -129,13 +130,12 @@ struct TopicReader {
 impl TopicReader {
     fn start(brokers: &str, topic: &str) -> Self {
         let config = kafka_config(brokers, topic);
-        let producer = KafkaProducer::new(&config).expect("producer");
-        let consumer = KafkaConsumer::new(&config, producer).expect("consumer");
+        let producer = KafkaProducer::connect_lazy(&config).expect("producer");
+        let consumer = KafkaConsumer::connect_lazy(&config, producer).expect("consumer");
         let collected = Collected::default();
         let stop = CancellationToken::new();
         let (handler, token) = (collected.clone(), stop.clone());
-        let task =
-            tokio::spawn(async move { consumer.consume_with_tracing(&handler, token, Duration::from_secs(10)).await });
+        let task = tokio::spawn(async move { consumer.consume(&handler, token, Duration::from_secs(10)).await });
         TopicReader { collected, stop, task }
     }
 
@@ -232,7 +232,7 @@ async fn events_written_while_kafka_is_down_are_published_once_in_key_order_when
 
     // The broker comes back on the same address (empty: it keeps nothing in memory across runs).
     let kafka = PrivateKafka::start(port).await;
-    let admin = KafkaClient::new(&kafka_config(&kafka.brokers(), &topic)).expect("admin client");
+    let admin = KafkaClient::connect_lazy(&kafka_config(&kafka.brokers(), &topic)).expect("admin client");
     admin.ensure_topic(&topic, 3, Duration::from_secs(10)).await.expect("topic");
     let reader = TopicReader::start(&kafka.brokers(), &topic);
     let records = reader.read(100).await;
@@ -259,7 +259,7 @@ async fn two_relays_on_one_database_publish_each_event_once_with_its_trace_conte
     let db = TestDb::create();
     let client = database(&db).await;
     let (dsn, topic) = (db.dsn(), unique("outbox-two-relays"));
-    let admin = KafkaClient::new(&kafka_config(SHARED_BROKER, &topic)).expect("admin client");
+    let admin = KafkaClient::connect_lazy(&kafka_config(SHARED_BROKER, &topic)).expect("admin client");
     admin.ensure_topic(&topic, 3, Duration::from_secs(10)).await.expect("topic");
 
     // An event stored with the trace context of the request that wrote it.

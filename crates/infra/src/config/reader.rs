@@ -9,19 +9,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::redact::redact_value;
+use super::redact::{Sensitivity, redact_url, redact_value};
 use super::source::{Origin, Sources};
-
-/// How a configuration value is shown to humans.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sensitivity {
-    /// Printed as is.
-    Plain,
-    /// A whole-value secret (a password): printed as `***` when set.
-    Secret,
-    /// A connection URL whose password part is masked (`postgres://user:***@host/db`).
-    Url,
-}
 
 /// The unit a bare number stands for in a duration variable (the seed's convention: timeouts in seconds,
 /// lifetimes and idle times in minutes).
@@ -214,7 +203,7 @@ impl<'a> Reader<'a> {
     pub fn cross_check(&mut self, name: &'static str, rule: String) {
         let (raw, origin) = self.raw(name);
         // Masked: a URL among the variables (REDIS_ADDR, a DSN) may carry a password.
-        let shown = raw.map(super::redact_url);
+        let shown = raw.map(redact_url);
         self.problem(name, shown, origin, rule);
     }
 

@@ -1,8 +1,17 @@
 //! Masking secrets before a value is shown anywhere (config listing, error messages, logs).
 
-use super::reader::Sensitivity;
-
 const MASK: &str = "***";
+
+/// How a configuration value is shown to humans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sensitivity {
+    /// Printed as is.
+    Plain,
+    /// A whole-value secret (a password): printed as `***` when set.
+    Secret,
+    /// A connection URL whose password part is masked (`postgres://user:***@host/db`).
+    Url,
+}
 
 /// Shows `raw` according to its sensitivity: secrets become `***`, URLs keep everything but the password.
 pub fn redact_value(raw: &str, sensitivity: Sensitivity) -> String {
@@ -95,7 +104,7 @@ mod tests {
     }
 }
 
-/// A secret as the [`Reader`](super::Reader) shows it: `***` when set, empty when not. Never its text. Parsers of
+/// A secret as the configuration reader shows it: `***` when set, empty when not. Never its text. Parsers of
 /// secret variables return it so the value listed by `rust-app config` and in problems is the mask.
 #[derive(Default)]
 pub struct Masked(pub secrecy::SecretString);

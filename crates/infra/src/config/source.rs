@@ -52,7 +52,7 @@ impl Sources {
     /// Reads the process environment and, when it exists, the `.env` file at `dotenv_path`.
     ///
     /// A `.env` file that cannot be parsed is not fatal here: it becomes one of the configuration problems
-    /// reported together by [`crate::config::Config::from_sources`].
+    /// reported together by [`crate::settings::Config::from_sources`].
     pub fn from_process(dotenv_path: &Path) -> Self {
         let environment = std::env::vars_os()
             .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))

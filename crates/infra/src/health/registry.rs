@@ -8,7 +8,35 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{ComponentHealth, Details, HealthCheck, HealthConfig, Status};
+use super::check::{Details, HealthCheck};
+use super::config::HealthConfig;
+
+/// The health of one component or of the whole service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Working.
+    Up,
+    /// Working without an optional dependency (only for the aggregate).
+    Degraded,
+    /// Not working.
+    Down,
+}
+
+/// The result of checking one component.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentHealth {
+    /// Up or down.
+    pub status: Status,
+    /// How long the check took, in milliseconds.
+    pub latency_ms: f64,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the check reported.
+    #[serde(skip_serializing_if = "Details::is_empty")]
+    pub details: Details,
+}
 
 /// Whether the service can serve traffic without a component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +171,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::health::CheckFailure;
+    use crate::health::check::CheckFailure;
 
     /// A check whose behaviour the test chooses, counting how often it runs.
     struct FakeCheck {

@@ -7,32 +7,10 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::KafkaConfig;
-
-/// Errors of the Kafka layer.
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaError {
-    /// librdkafka refused the configuration.
-    #[error("invalid Kafka client configuration: {0}")]
-    Config(RdKafkaError),
-    /// A metadata request failed or timed out.
-    #[error("metadata request failed: {0}")]
-    Metadata(RdKafkaError),
-    /// The broker answered but the topic is unusable.
-    #[error("topic {topic}: {reason}")]
-    Topic {
-        /// The topic.
-        topic: String,
-        /// Why.
-        reason: String,
-    },
-    /// A blocking librdkafka call could not be run.
-    #[error("Kafka call aborted: {0}")]
-    Aborted(String),
-}
+use super::config::KafkaConfig;
+use super::error::KafkaError;
 
 /// What the broker reports about a topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,28 +25,28 @@ pub struct TopicMetadata {
 #[derive(Clone)]
 pub struct KafkaClient {
     admin: Arc<AdminClient<DefaultClientContext>>,
-    bootstrap: String,
+    address: String,
 }
 
 impl fmt::Debug for KafkaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaClient").field("bootstrap", &self.bootstrap).finish_non_exhaustive()
+        f.debug_struct("KafkaClient").field("address", &self.address).finish_non_exhaustive()
     }
 }
 
 impl KafkaClient {
     /// Creates the client; librdkafka connects in the background, so this succeeds with brokers down.
-    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub fn connect_lazy(config: &KafkaConfig) -> Result<Self, KafkaError> {
         // A health check must observe the topic, not create it as a side effect (brokers with auto-creation
         // would, on a metadata request from a client that allows it).
         let admin =
             base_client_config(config).set("allow.auto.create.topics", "false").create().map_err(KafkaError::Config)?;
-        Ok(KafkaClient { admin: Arc::new(admin), bootstrap: config.bootstrap_servers() })
+        Ok(KafkaClient { admin: Arc::new(admin), address: config.bootstrap_servers() })
     }
 
-    /// The bootstrap brokers.
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
+    /// The bootstrap brokers (KAFKA_BROKERS), safe to log.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Asks the cluster for `topic`'s metadata. Runs librdkafka's blocking call on the blocking pool.
@@ -127,4 +105,62 @@ pub(crate) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
         client.set("ssl.ca.location", ca.display().to_string());
     }
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Reader, Sources};
+
+    fn kafka(env: &[(&str, &str)]) -> KafkaConfig {
+        let sources = Sources::from_env_pairs(env);
+        let mut r = Reader::new(&sources);
+        let config = KafkaConfig::read(&mut r);
+        assert_eq!(r.problems(), [], "{env:?}");
+        config
+    }
+
+    #[test]
+    fn the_client_gets_sasl_settings_only_with_a_sasl_protocol() {
+        let client = base_client_config(&kafka(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-256"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "k4fk4-s3cr3t"),
+        ]));
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(client.get("sasl.username"), Some("alice"));
+        assert_eq!(client.get("sasl.password"), Some("k4fk4-s3cr3t"));
+        assert_eq!(client.get("ssl.ca.location"), None, "the system's CAs unless set");
+
+        let client = base_client_config(&kafka(&[]));
+        assert_eq!(client.get("security.protocol"), Some("plaintext"));
+        for key in ["sasl.mechanism", "sasl.username", "sasl.password", "ssl.ca.location"] {
+            assert_eq!(client.get(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_client_gets_the_ca_file_when_set() {
+        // Any readable file passes the configuration; librdkafka itself parses the PEM.
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let client = base_client_config(&kafka(&[("KAFKA_SECURITY_PROTOCOL", "ssl"), ("KAFKA_SSL_CA_LOCATION", ca)]));
+        assert_eq!(client.get("ssl.ca.location"), Some(ca));
+        assert_eq!(client.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn the_client_configuration_never_shows_the_password() {
+        let client = base_client_config(&kafka(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "k4fk4-s3cr3t"),
+        ]));
+        let shown = [format!("{client:?}"), format!("{:?}", client.config_map())];
+        for shown in &shown {
+            assert!(shown.contains("alice"), "the rest is shown: {shown}");
+            assert!(!shown.contains("k4fk4-s3cr3t"), "secret leaked: {shown}");
+        }
+    }
 }

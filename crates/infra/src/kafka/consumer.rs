@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -24,12 +23,13 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::client::base_client_config;
-use super::headers::RecordHeaders;
-use super::headers::trace::CORRELATION_ID;
-use super::metrics;
+use super::config::KafkaConfig;
+use super::dlq::dead_letter_headers;
+use super::error::{ConsumeError, FailureKind, HandlerError};
+use super::metrics::ConsumerMetrics;
 use super::producer::KafkaProducer;
+use super::record::{Record, RecordHeaders, headers::CORRELATION_ID};
 use super::state::ConsumerState;
-use super::{KafkaConfig, headers};
 use crate::telemetry::propagation;
 
 /// How often librdkafka reports statistics (lag, group state) and commits stored offsets.
@@ -38,116 +38,11 @@ const STATS_AND_COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// The longest delay between two handler attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// A consumed record, detached from librdkafka.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// The topic it was read from.
-    pub topic: String,
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// Milliseconds since the epoch (create or log-append time), when the broker gave one.
-    pub timestamp: Option<i64>,
-    /// The key, if any.
-    pub key: Option<Vec<u8>>,
-    /// The value, if any (a tombstone has none).
-    pub value: Option<Vec<u8>>,
-    /// The headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Record {
-    /// The first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
-    }
-
-    /// Copies a message out of librdkafka (headers parsed): what the handler gets. Public so code driving its
-    /// own rdkafka consumer (the benchmark's raw side) can pay exactly the same cost.
-    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
-            })
-            .unwrap_or_default();
-        Record {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            headers,
-        }
-    }
-}
-
-/// A handler's failure: transient ones are retried up to KAFKA_MAX_RETRIES, permanent ones go straight to the
-/// dead-letter topic, and "unavailable" ones (a dependency is down) are retried until it is back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerError {
-    message: String,
-    kind: FailureKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailureKind {
-    Transient,
-    Permanent,
-    Unavailable,
-}
-
-impl HandlerError {
-    /// A failure that may pass on a later attempt (a conflict, a timeout): retried up to KAFKA_MAX_RETRIES,
-    /// then dead-lettered.
-    pub fn transient(cause: impl fmt::Display) -> Self {
-        HandlerError { message: cause.to_string(), kind: FailureKind::Transient }
-    }
-
-    /// A failure no retry can fix (a malformed record): dead-lettered at once.
-    pub fn permanent(cause: impl fmt::Display) -> Self {
-        HandlerError { message: cause.to_string(), kind: FailureKind::Permanent }
-    }
-
-    /// A dependency the handler needs is down (the database unreachable): the record is not at fault, so it is
-    /// retried with capped backoff for as long as that lasts (until shutdown) instead of being dead-lettered —
-    /// an outage must not empty the topic into the dead-letter topic. Consumption of the partition waits.
-    pub fn unavailable(cause: impl fmt::Display) -> Self {
-        HandlerError { message: cause.to_string(), kind: FailureKind::Unavailable }
-    }
-
-    /// Whether retrying is pointless.
-    pub fn is_permanent(&self) -> bool {
-        self.kind == FailureKind::Permanent
-    }
-
-    /// Whether a dependency is down (retried without limit).
-    pub fn is_unavailable(&self) -> bool {
-        self.kind == FailureKind::Unavailable
-    }
-}
-
-impl fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 /// The application's work on one record.
 #[async_trait]
 pub trait Handler: Send + Sync {
     /// Handles `record`. `Ok` stores its offset; an error is retried or dead-lettered.
     async fn handle(&self, record: &Record) -> Result<(), HandlerError>;
-}
-
-/// Why consumption stopped other than by shutdown.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    /// librdkafka refused the consumer configuration or the subscription.
-    #[error("cannot start the Kafka consumer: {0}")]
-    Start(RdKafkaError),
 }
 
 /// Feeds librdkafka's statistics and rebalances into the shared [`ConsumerState`].
@@ -185,7 +80,8 @@ pub struct KafkaConsumer {
     max_retries: u32,
     backoff: ExponentialBuilder,
     state: ConsumerState,
-    metrics: metrics::ConsumerMetrics,
+    metrics: ConsumerMetrics,
+    address: String,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -203,8 +99,9 @@ enum Outcome {
 }
 
 impl KafkaConsumer {
-    /// Subscribes to KAFKA_TOPIC; dead letters go through `dead_letters` to KAFKA_DLQ_TOPIC.
-    pub fn new(config: &KafkaConfig, dead_letters: KafkaProducer) -> Result<Self, ConsumeError> {
+    /// Subscribes to KAFKA_TOPIC; dead letters go through `dead_letters` to KAFKA_DLQ_TOPIC. librdkafka joins the
+    /// group in the background, so this succeeds with brokers down.
+    pub fn connect_lazy(config: &KafkaConfig, dead_letters: KafkaProducer) -> Result<Self, ConsumeError> {
         let state = ConsumerState::new(&config.topic);
         let consumer: StreamConsumer<StateContext> = base_client_config(config)
             .set("group.id", &config.consumer_group)
@@ -232,8 +129,14 @@ impl KafkaConsumer {
             max_retries: config.max_retries,
             backoff,
             state,
-            metrics: metrics::ConsumerMetrics::new(&config.topic),
+            metrics: ConsumerMetrics::new(&config.topic),
+            address: config.bootstrap_servers(),
         })
+    }
+
+    /// The bootstrap brokers (KAFKA_BROKERS), safe to log.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Group membership, assignment and lag, for health checks.
@@ -243,12 +146,8 @@ impl KafkaConsumer {
 
     /// Consumes until `shutdown` is cancelled, then commits what was handled and leaves the group, within
     /// `close_timeout`. The record in hand is finished first; one waiting for a retry is left for redelivery.
-    pub async fn consume_with_tracing(
-        self,
-        handler: &dyn Handler,
-        shutdown: CancellationToken,
-        close_timeout: Duration,
-    ) {
+    #[doc(alias = "consume_with_tracing")]
+    pub async fn consume(self, handler: &dyn Handler, shutdown: CancellationToken, close_timeout: Duration) {
         // Records polled while a slow handler call ran (see `process_polling`), handled next, in order.
         let mut polled = VecDeque::new();
         loop {
@@ -423,13 +322,13 @@ impl KafkaConsumer {
         attempts: u32,
         shutdown: &CancellationToken,
     ) -> bool {
-        let extra = headers::dead_letter_headers(record, &error.to_string(), attempts);
+        let extra = dead_letter_headers(record, &error.to_string(), attempts);
         let mut all: Vec<(&str, &[u8])> = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
         all.extend(extra.iter().map(|(k, v)| (*k, v.as_bytes())));
         let value = record.value.as_deref().unwrap_or_default();
         let mut delays = self.backoff.without_max_times().build();
         loop {
-            match self.dead_letters.produce_with_tracing(&self.dlq_topic, record.key.as_deref(), value, &all).await {
+            match self.dead_letters.produce(&self.dlq_topic, record.key.as_deref(), value, &all).await {
                 Ok(_) => {
                     tracing::error!(
                         target: "infra::kafka",

@@ -1,4 +1,6 @@
-//! Reading the dead-letter topic back and replaying records to the topic they came from (`rust-app dlq`).
+//! The dead-letter topic, in one place: the headers a dead-lettered copy carries (where the record came from
+//! and why it failed), reading the topic back, and replaying records to the topic they came from
+//! (`rust-app dlq`).
 
 use std::time::{Duration, Instant};
 
@@ -6,11 +8,44 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::base_client_config;
-use super::consumer::Record;
-use super::headers::dlq;
-use super::producer::{Delivered, KafkaProducer, ProduceError};
-use super::{KafkaClient, KafkaConfig, KafkaError};
+use super::client::{KafkaClient, base_client_config};
+use super::config::KafkaConfig;
+use super::error::{KafkaError, ProduceError};
+use super::producer::{Delivered, KafkaProducer};
+use super::record::Record;
+
+// Header names on dead-lettered records.
+
+/// The topic the record was consumed from.
+pub const ORIGINAL_TOPIC: &str = "dlq.original.topic";
+/// Its partition there.
+pub const ORIGINAL_PARTITION: &str = "dlq.original.partition";
+/// Its offset there.
+pub const ORIGINAL_OFFSET: &str = "dlq.original.offset";
+/// Its timestamp there (milliseconds since the epoch), when it had one.
+pub const ORIGINAL_TIMESTAMP: &str = "dlq.original.timestamp";
+/// The handler's last error.
+pub const ERROR: &str = "dlq.error";
+/// How many times the handler was called.
+pub const ATTEMPTS: &str = "dlq.attempts";
+/// Every header a dead-lettered copy gets (replay strips them).
+pub const ALL_HEADERS: [&str; 6] =
+    [ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, ERROR, ATTEMPTS];
+
+/// The headers added to a dead-lettered copy of `record`.
+pub(crate) fn dead_letter_headers(record: &Record, error: &str, attempts: u32) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        (ORIGINAL_TOPIC, record.topic.clone()),
+        (ORIGINAL_PARTITION, record.partition.to_string()),
+        (ORIGINAL_OFFSET, record.offset.to_string()),
+        (ERROR, error.to_string()),
+        (ATTEMPTS, attempts.to_string()),
+    ];
+    if let Some(timestamp) = record.timestamp {
+        headers.push((ORIGINAL_TIMESTAMP, timestamp.to_string()));
+    }
+    headers
+}
 
 /// A record of the dead-letter topic, with accessors for the headers this layer added.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,24 +61,24 @@ impl DeadLetter {
 
     /// The topic it was consumed from.
     pub fn original_topic(&self) -> Option<String> {
-        self.text(dlq::ORIGINAL_TOPIC)
+        self.text(ORIGINAL_TOPIC)
     }
 
     /// Its partition and offset there.
     pub fn original_position(&self) -> Option<(i32, i64)> {
-        let partition = self.text(dlq::ORIGINAL_PARTITION)?.parse().ok()?;
-        let offset = self.text(dlq::ORIGINAL_OFFSET)?.parse().ok()?;
+        let partition = self.text(ORIGINAL_PARTITION)?.parse().ok()?;
+        let offset = self.text(ORIGINAL_OFFSET)?.parse().ok()?;
         Some((partition, offset))
     }
 
     /// The handler's last error.
     pub fn error(&self) -> Option<String> {
-        self.text(dlq::ERROR)
+        self.text(ERROR)
     }
 
     /// How many times the handler was called.
     pub fn attempts(&self) -> Option<u32> {
-        self.text(dlq::ATTEMPTS)?.parse().ok()
+        self.text(ATTEMPTS)?.parse().ok()
     }
 
     /// The original headers, without the ones this layer added.
@@ -51,7 +86,7 @@ impl DeadLetter {
         self.record
             .headers
             .iter()
-            .filter(|(name, _)| !dlq::ALL.contains(&name.as_str()))
+            .filter(|(name, _)| !ALL_HEADERS.contains(&name.as_str()))
             .map(|(name, value)| (name.as_str(), value.as_slice()))
             .collect()
     }
@@ -84,7 +119,7 @@ pub async fn read_dead_letters(config: &KafkaConfig, timeout: Duration) -> Resul
     let started = Instant::now();
     // An unreachable cluster is reported after the dial timeout, not after the whole read's.
     let metadata_timeout = config.dial_timeout.min(timeout);
-    let metadata = KafkaClient::new(config)?.topic_metadata(&config.dlq_topic, metadata_timeout).await?;
+    let metadata = KafkaClient::connect_lazy(config)?.topic_metadata(&config.dlq_topic, metadata_timeout).await?;
     let consumer: StreamConsumer = base_client_config(config)
         .set("group.id", "rust-app-dlq-reader")
         .set("enable.auto.commit", "false")
@@ -122,5 +157,5 @@ pub async fn read_dead_letters(config: &KafkaConfig, timeout: Duration) -> Resul
 pub async fn replay(producer: &KafkaProducer, letter: &DeadLetter) -> Result<Delivered, ProduceError> {
     let topic = letter.original_topic().unwrap_or_default();
     let value = letter.record.value.as_deref().unwrap_or_default();
-    producer.produce_with_tracing(&topic, letter.record.key.as_deref(), value, &letter.original_headers()).await
+    producer.produce(&topic, letter.record.key.as_deref(), value, &letter.original_headers()).await
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{ConsumerState, KafkaClient};
+use super::client::KafkaClient;
+use super::state::ConsumerState;
 use crate::health::{CheckFailure, Details, HealthCheck};
 
 /// Checks that the cluster answers a metadata request for the configured topic and that the topic exists.
@@ -43,8 +44,9 @@ impl HealthCheck for KafkaHealth {
             .client
             .topic_metadata(&self.topic, self.timeout)
             .await
-            .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.bootstrap())))?;
+            .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.address())))?;
         let mut details = Details::new();
+        details.insert("address".into(), json!(self.client.address()));
         details.insert("brokers".into(), json!(metadata.brokers));
         details.insert("topic".into(), json!(self.topic));
         details.insert("partitions".into(), json!(metadata.partitions));

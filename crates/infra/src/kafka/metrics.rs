@@ -1,9 +1,8 @@
 //! Metrics of the Kafka layer (names documented in docs/metrics.md). Labels are topics and partitions, both
 //! bounded by configuration; never keys or offsets.
 
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -30,25 +29,28 @@ pub mod names {
     pub const ASSIGNED_PARTITIONS: &str = "kafka_consumer_assigned_partitions";
 }
 
-/// Registers the producer's series for `topic` at zero, so dashboards and alerts see them before the first
-/// record (a `rate()` over a missing series is empty, not zero).
-pub(crate) fn register_producer(topic: &str) {
-    counter!(names::PRODUCED, "topic" => topic.to_string()).increment(0);
-    counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(0);
-}
+/// The producer's series. Topics are labels and a producer sends to any topic (the dead-letter topic too),
+/// so the series are looked up per record rather than held.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProducerMetrics;
 
-pub(crate) fn delivered(topic: &str, elapsed: Duration) {
-    counter!(names::PRODUCED, "topic" => topic.to_string()).increment(1);
-    histogram!(names::DELIVERY_DURATION, "topic" => topic.to_string()).record(elapsed.as_secs_f64());
-}
+impl ProducerMetrics {
+    /// Registers the series for `topic` at zero, so dashboards and alerts see them before the first record
+    /// (a `rate()` over a missing series is empty, not zero).
+    pub(crate) fn register(&self, topic: &str) {
+        counter!(names::PRODUCED, "topic" => topic.to_string()).increment(0);
+        counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(0);
+    }
 
-pub(crate) fn delivery_failed(topic: &str, elapsed: Duration) {
-    counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(1);
-    histogram!(names::DELIVERY_DURATION, "topic" => topic.to_string()).record(elapsed.as_secs_f64());
-}
+    pub(crate) fn delivered(&self, topic: &str, elapsed: Duration) {
+        counter!(names::PRODUCED, "topic" => topic.to_string()).increment(1);
+        histogram!(names::DELIVERY_DURATION, "topic" => topic.to_string()).record(elapsed.as_secs_f64());
+    }
 
-pub(crate) fn assigned(partitions: usize) {
-    gauge!(names::ASSIGNED_PARTITIONS).set(partitions as f64);
+    pub(crate) fn delivery_failed(&self, topic: &str, elapsed: Duration) {
+        counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(1);
+        histogram!(names::DELIVERY_DURATION, "topic" => topic.to_string()).record(elapsed.as_secs_f64());
+    }
 }
 
 /// The consumer's series for its topic, looked up once: a registry look-up per record (label strings built,
@@ -99,15 +101,20 @@ impl ConsumerMetrics {
     }
 }
 
-/// The lag gauge of each partition of one topic, looked up once per partition.
+/// The consumer state's gauges: partitions assigned, and the lag of each partition of one topic (looked up
+/// once per partition).
 #[derive(Default)]
-pub(crate) struct LagGauges {
-    by_partition: HashMap<i32, Gauge>,
+pub(crate) struct StateMetrics {
+    lag_by_partition: HashMap<i32, Gauge>,
 }
 
-impl LagGauges {
-    pub(crate) fn set(&mut self, topic: &str, partition: i32, lag: i64) {
-        self.by_partition
+impl StateMetrics {
+    pub(crate) fn assigned(&self, partitions: usize) {
+        gauge!(names::ASSIGNED_PARTITIONS).set(partitions as f64);
+    }
+
+    pub(crate) fn lag(&mut self, topic: &str, partition: i32, lag: i64) {
+        self.lag_by_partition
             .entry(partition)
             .or_insert_with(
                 || gauge!(names::CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string()),

@@ -1,19 +1,26 @@
 //! Kafka: configuration, an admin client for metadata, an idempotent producer, a consumer group member with
 //! retries and a dead-letter topic, consumer state (membership, lag), metrics and a health check.
+//!
+//! Unlike PostgreSQL and Redis, Kafka has no circuit breaker: librdkafka queues records and reconnects to the
+//! brokers by itself, and KAFKA_DELIVERY_TIMEOUT already bounds how long a send waits, so a breaker would only
+//! add a second, less informed opinion on when the brokers are back.
 
 mod client;
 mod config;
 mod consumer;
 pub mod dlq;
-pub mod headers;
+mod error;
 mod health;
 pub mod metrics;
 mod producer;
+mod record;
 mod state;
 
-pub use client::{KafkaClient, KafkaError, TopicMetadata};
+pub use client::{KafkaClient, TopicMetadata};
 pub use config::KafkaConfig;
-pub use consumer::{ConsumeError, Handler, HandlerError, KafkaConsumer, Record};
+pub use consumer::{Handler, KafkaConsumer};
+pub use error::{ConsumeError, HandlerError, KafkaError, ProduceError};
 pub use health::KafkaHealth;
-pub use producer::{Delivered, KafkaProducer, ProduceError};
+pub use producer::{Delivered, KafkaProducer};
+pub use record::{Record, headers};
 pub use state::{ConsumerSnapshot, ConsumerState};

@@ -11,9 +11,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::field::Empty;
 
-use super::KafkaConfig;
 use super::client::base_client_config;
-use super::metrics;
+use super::config::KafkaConfig;
+use super::error::ProduceError;
+use super::metrics::ProducerMetrics;
+use super::record::context_headers;
 
 /// Where a record was stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,45 +26,14 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// Why a record was not stored. The record was not acknowledged; it may or may not have been written (a
-/// timeout after the broker wrote it): consumers must tolerate duplicates (at-least-once).
-#[derive(Debug, thiserror::Error)]
-pub enum ProduceError {
-    /// librdkafka refused the producer configuration.
-    #[error("invalid Kafka producer configuration: {0}")]
-    Config(RdKafkaError),
-    /// No acknowledgement within KAFKA_DELIVERY_TIMEOUT (brokers unreachable, or too slow).
-    #[error("record for {topic} not acknowledged within {timeout:?}")]
-    TimedOut {
-        /// The topic.
-        topic: String,
-        /// KAFKA_DELIVERY_TIMEOUT.
-        timeout: Duration,
-    },
-    /// The broker or the client rejected the record (unknown topic, too large, not authorized...).
-    #[error("record for {topic} rejected: {cause}")]
-    Rejected {
-        /// The topic.
-        topic: String,
-        /// librdkafka's error.
-        cause: RdKafkaError,
-    },
-    /// Outstanding records could not all be delivered before the flush deadline.
-    #[error("{pending} record(s) still unacknowledged after flushing for {timeout:?}")]
-    Unflushed {
-        /// Records still in the producer's queue.
-        pending: i32,
-        /// The deadline.
-        timeout: Duration,
-    },
-}
-
 /// A Kafka producer. Cheap to clone; clones share one librdkafka producer (thread-safe, batching across
 /// callers).
 #[derive(Clone)]
 pub struct KafkaProducer {
     producer: Arc<FutureProducer>,
     delivery_timeout: Duration,
+    address: String,
+    metrics: ProducerMetrics,
 }
 
 impl fmt::Debug for KafkaProducer {
@@ -73,7 +44,7 @@ impl fmt::Debug for KafkaProducer {
 
 impl KafkaProducer {
     /// Creates the producer; librdkafka connects in the background, so this succeeds with brokers down.
-    pub fn new(config: &KafkaConfig) -> Result<Self, ProduceError> {
+    pub fn connect_lazy(config: &KafkaConfig) -> Result<Self, ProduceError> {
         let producer = base_client_config(config)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -83,14 +54,21 @@ impl KafkaProducer {
             .set("delivery.timeout.ms", config.delivery_timeout.as_millis().to_string())
             .create()
             .map_err(ProduceError::Config)?;
-        metrics::register_producer(&config.topic);
-        Ok(KafkaProducer { producer: Arc::new(producer), delivery_timeout: config.delivery_timeout })
+        let metrics = ProducerMetrics;
+        metrics.register(&config.topic);
+        Ok(KafkaProducer {
+            producer: Arc::new(producer),
+            delivery_timeout: config.delivery_timeout,
+            address: config.bootstrap_servers(),
+            metrics,
+        })
     }
 
     /// Sends one record and waits for its delivery report. `headers` are sent as given, followed by the trace
     /// context of the `kafka.produce` span (`traceparent`, `tracestate`) and the current correlation id
     /// (`correlation-id`) unless `headers` already carry them.
-    pub async fn produce_with_tracing(
+    #[doc(alias = "produce_with_tracing")]
+    pub async fn produce(
         &self,
         topic: &str,
         key: Option<&[u8]>,
@@ -111,7 +89,7 @@ impl KafkaProducer {
             messaging.message.body.size = value.len(),
             error.type = Empty,
         );
-        let context = super::headers::context_headers(&span, headers);
+        let context = context_headers(&span, headers);
         let mut owned = OwnedHeaders::new_with_capacity(headers.len() + context.len());
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(*value) });
@@ -132,12 +110,12 @@ impl KafkaProducer {
             Ok(delivered) => {
                 span.record("messaging.kafka.destination.partition", delivered.partition);
                 span.record("messaging.kafka.message.offset", delivered.offset);
-                metrics::delivered(topic, started.elapsed());
+                self.metrics.delivered(topic, started.elapsed());
             }
             Err(err) => {
                 span.record("otel.status_code", "ERROR");
-                span.record("error.type", err.kind());
-                metrics::delivery_failed(topic, started.elapsed());
+                span.record("error.type", err.metric_class());
+                self.metrics.delivery_failed(topic, started.elapsed());
             }
         }
         result
@@ -153,6 +131,11 @@ impl KafkaProducer {
         }
     }
 
+    /// The bootstrap brokers (KAFKA_BROKERS), safe to log.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// Records sent but not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
@@ -164,18 +147,6 @@ impl KafkaProducer {
                 ProduceError::TimedOut { topic: topic.to_string(), timeout: self.delivery_timeout }
             }
             _ => ProduceError::Rejected { topic: topic.to_string(), cause: err },
-        }
-    }
-}
-
-impl ProduceError {
-    /// A low-cardinality label for spans and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProduceError::Config(_) => "config",
-            ProduceError::TimedOut { .. } => "timeout",
-            ProduceError::Rejected { .. } => "rejected",
-            ProduceError::Unflushed { .. } => "unflushed",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rdkafka::statistics::Statistics;
 use serde::Serialize;
 
-use super::metrics;
+use super::metrics::StateMetrics;
 
 /// A point-in-time view of the consumer, for /health/kafka.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -33,7 +33,7 @@ pub struct ConsumerSnapshot {
 #[derive(Default)]
 struct Inner {
     snapshot: ConsumerSnapshot,
-    lag_gauges: metrics::LagGauges,
+    metrics: StateMetrics,
     /// The high watermark of each partition, from the latest statistics.
     high: BTreeMap<i32, i64>,
 }
@@ -60,11 +60,11 @@ impl ConsumerState {
         let topic = inner.snapshot.topic.clone();
         let gone: Vec<i32> = inner.snapshot.lag.keys().copied().filter(|p| !partitions.contains(p)).collect();
         for partition in gone {
-            inner.lag_gauges.set(&topic, partition, 0);
+            inner.metrics.lag(&topic, partition, 0);
         }
         inner.snapshot.lag.retain(|p, _| partitions.contains(p));
         inner.high.retain(|p, _| partitions.contains(p));
-        metrics::assigned(partitions.len());
+        inner.metrics.assigned(partitions.len());
         inner.snapshot.member = !partitions.is_empty() || inner.snapshot.join_state == "steady";
         inner.snapshot.assigned_partitions = partitions;
         inner.total();
@@ -90,7 +90,7 @@ impl ConsumerState {
             let lag = (p.hi_offset - position.unwrap_or(0)).max(0);
             inner.high.insert(id, p.hi_offset);
             inner.snapshot.lag.insert(id, lag);
-            inner.lag_gauges.set(&topic, id, lag);
+            inner.metrics.lag(&topic, id, lag);
         }
         inner.total();
     }
@@ -102,8 +102,8 @@ impl ConsumerState {
         inner.high.insert(partition, high);
         let lag = high - (offset + 1);
         inner.snapshot.lag.insert(partition, lag);
-        let Inner { snapshot, lag_gauges, .. } = &mut *inner;
-        lag_gauges.set(&snapshot.topic, partition, lag);
+        let Inner { snapshot, metrics, .. } = &mut *inner;
+        metrics.lag(&snapshot.topic, partition, lag);
         inner.total();
     }
 
@@ -113,7 +113,7 @@ impl ConsumerState {
         inner.snapshot.member = false;
         inner.snapshot.closed = true;
         inner.snapshot.assigned_partitions.clear();
-        metrics::assigned(0);
+        inner.metrics.assigned(0);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -11,26 +11,15 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
 use sqlx::{Connection, PgPool};
 use tracing::Instrument;
 
-use super::PostgresConfig;
+use super::config::PostgresConfig;
 use super::error::PostgresError;
+use super::isolation::Isolation;
 use super::metrics::PoolMetrics;
 use super::query::{self, QueryMeta};
 use super::statement::{Row, Statement};
-use super::transaction::{Isolation, Transaction};
-use crate::resilience::{BreakerConfig, CircuitBreaker, CircuitOpen};
-
-/// One connection failure opens the breaker: failures are counted only for connection-level errors (refused,
-/// unreachable, authentication, TLS) after the pool already retried for the whole acquire timeout, so a single
-/// one is a strong signal. Query errors never count.
-fn breaker_config() -> BreakerConfig {
-    BreakerConfig {
-        consecutive_failures: 1,
-        failure_rate: 0.0,
-        open_for: Duration::from_secs(1),
-        half_open_probes: 1,
-        ..BreakerConfig::default()
-    }
-}
+use super::transaction::Transaction;
+use crate::health::PoolStats;
+use crate::resilience::{CircuitBreaker, CircuitOpen};
 
 struct Inner {
     pool: PgPool,
@@ -62,7 +51,7 @@ pub struct PostgresClient {
 
 impl fmt::Debug for PostgresClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresClient").field("target", &self.inner.meta.target).finish_non_exhaustive()
+        f.debug_struct("PostgresClient").field("address", &self.inner.meta.address).finish_non_exhaustive()
     }
 }
 
@@ -82,7 +71,7 @@ impl PostgresClient {
             pool_slot,
             connect_options,
             connect_timeout: config.connect_timeout,
-            breaker: CircuitBreaker::new("postgres", breaker_config()),
+            breaker: CircuitBreaker::new("postgres", config.breaker.clone()),
             last_cause: Mutex::new(String::new()),
             meta,
             metrics: PoolMetrics::new(config.max_open_conns),
@@ -98,9 +87,9 @@ impl PostgresClient {
         &self.inner.pool
     }
 
-    /// `host:port/database`, safe to log.
-    pub fn target(&self) -> &str {
-        &self.inner.meta.target
+    /// `host:port/database`: where the client connects, without credentials, safe to log.
+    pub fn address(&self) -> &str {
+        &self.inner.meta.address
     }
 
     /// The circuit breaker guarding connection acquisition.
@@ -109,11 +98,13 @@ impl PostgresClient {
     }
 
     /// Runs a statement that returns no rows; returns the number of rows affected.
+    #[doc(alias = "exec_with_tracing")]
     pub async fn exec(&self, statement: Statement) -> Result<u64, PostgresError> {
         self.run(statement, |conn, st| Box::pin(query::exec(conn, st)), |n| *n).await
     }
 
     /// Runs a query and decodes every row.
+    #[doc(alias = "query_with_tracing")]
     pub async fn query<T>(&self, statement: Statement) -> Result<Vec<T>, PostgresError>
     where
         T: Row,
@@ -143,6 +134,7 @@ impl PostgresClient {
     }
 
     /// Starts a READ COMMITTED transaction. Commit it explicitly; dropping it rolls back.
+    #[doc(alias = "begin_tx_with_tracing")]
     pub async fn begin(&self) -> Result<Transaction, PostgresError> {
         self.begin_with(Isolation::ReadCommitted).await
     }
@@ -206,12 +198,12 @@ impl PostgresClient {
         }
     }
 
-    /// Pool statistics: (open connections, idle connections).
-    pub fn pool_stats(&self) -> (u32, usize) {
+    /// The pool's occupancy now (also refreshes the pool gauges).
+    pub fn pool_stats(&self) -> PoolStats {
         let pool = &self.inner.pool;
         let (size, idle) = (pool.size(), pool.num_idle());
         self.inner.metrics.pool_state(size, idle);
-        (size, idle)
+        PoolStats { size: size as usize, idle, max_size: pool.options().get_max_connections() as usize }
     }
 
     /// Applies `migrator`'s migrations. sqlx holds an advisory lock meanwhile, so concurrent starts of several
@@ -342,7 +334,7 @@ impl PostgresClient {
         if let Ok(mut last) = self.inner.last_cause.lock() {
             last.clone_from(&cause);
         }
-        tracing::warn!(target_db = %self.inner.meta.target, cause = %cause, "PostgreSQL unavailable");
+        tracing::warn!(target_db = %self.inner.meta.address, cause = %cause, "PostgreSQL unavailable");
         PostgresError::Unavailable { cause, retry_in: None }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Origin, Reader, Unit, check_url};
+use crate::resilience::{BreakerConfig, BreakerVariables};
 
 /// The default DSN of the local stack (`scripts/stack up` creates this role and database).
 pub const DEFAULT_DSN: &str = "postgres://rust_app_user:rust_app_password@localhost:5432/rust_app?sslmode=disable";
@@ -40,6 +41,8 @@ pub struct PostgresConfig {
     pub migrate_on_start: bool,
     /// `POSTGRES_SSL_ROOT_CERT`: CA certificate file for `sslmode=verify-ca` / `verify-full`.
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// `POSTGRES_BREAKER_*`: when to stop asking the pool for connections, and how to recover.
+    pub breaker: BreakerConfig,
 }
 
 impl PostgresConfig {
@@ -76,6 +79,7 @@ impl PostgresConfig {
             ),
             migrate_on_start: r.bool("POSTGRES_MIGRATE_ON_START", true),
             ssl_root_cert: r.optional_file("POSTGRES_SSL_ROOT_CERT"),
+            breaker: BreakerConfig::read(r, &BREAKER_VARIABLES, &breaker_defaults()),
         }
     }
 
@@ -101,11 +105,34 @@ impl PostgresConfig {
     }
 
     /// The DSN's `host:port/database`, safe to log.
-    pub fn target(&self) -> String {
+    pub fn address(&self) -> String {
         match url::Url::parse(self.dsn.expose_secret()) {
             Ok(url) => format!("{}:{}{}", url.host_str().unwrap_or_default(), url.port().unwrap_or(5432), url.path()),
             Err(_) => "(invalid DSN)".to_string(),
         }
+    }
+}
+
+/// POSTGRES_BREAKER_*, named like Redis's.
+const BREAKER_VARIABLES: BreakerVariables = BreakerVariables {
+    failures: "POSTGRES_BREAKER_FAILURES",
+    failure_rate: "POSTGRES_BREAKER_FAILURE_RATE",
+    window: "POSTGRES_BREAKER_WINDOW",
+    min_calls: "POSTGRES_BREAKER_MIN_CALLS",
+    cooldown: "POSTGRES_BREAKER_COOLDOWN",
+    probes: "POSTGRES_BREAKER_PROBES",
+};
+
+/// One connection failure opens the breaker by default: failures are counted only for connection-level errors
+/// (refused, unreachable, authentication, TLS) after the pool already retried for the whole acquire timeout,
+/// so a single one is a strong signal; the failure rate is off. Query errors never count.
+fn breaker_defaults() -> BreakerConfig {
+    BreakerConfig {
+        consecutive_failures: 1,
+        failure_rate: 0.0,
+        open_for: Duration::from_secs(1),
+        half_open_probes: 1,
+        ..BreakerConfig::default()
     }
 }
 

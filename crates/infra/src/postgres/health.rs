@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{PostgresClient, sql};
+use super::client::PostgresClient;
+use super::statement::sql;
 use crate::health::{CheckFailure, Details, HealthCheck};
 
 /// Checks that a pooled connection can run a query; details show the pool and the breaker.
@@ -30,16 +31,16 @@ impl HealthCheck for PostgresHealth {
             .client
             .query_one(sql("SELECT 1"))
             .await
-            .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.target())))?;
+            .map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.address())))?;
         if one != 1 {
             return Err(CheckFailure::new(format!("SELECT 1 returned {one}")));
         }
-        let (size, idle) = self.client.pool_stats();
+        let pool = self.client.pool_stats();
         let mut details = Details::new();
-        details.insert("target".into(), json!(self.client.target()));
-        details.insert("pool_size".into(), json!(size));
-        details.insert("pool_idle".into(), json!(idle));
-        details.insert("pool_max".into(), json!(self.client.pool().options().get_max_connections()));
+        details.insert("address".into(), json!(self.client.address()));
+        details.insert("pool_size".into(), json!(pool.size));
+        details.insert("pool_idle".into(), json!(pool.idle));
+        details.insert("pool_max".into(), json!(pool.max_size));
         details.insert("breaker".into(), json!(self.client.breaker().state()));
         Ok(details)
     }

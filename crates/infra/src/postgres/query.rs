@@ -9,11 +9,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tracing::Span;
 use tracing::field::Empty;
 
-use super::PostgresConfig;
+use super::config::PostgresConfig;
 use super::error::PostgresError;
+use super::isolation::Isolation;
 use super::metrics::StatementMetrics;
 use super::statement::{Row, Statement};
-use super::transaction::Isolation;
 
 /// What every span of a client carries, computed once.
 #[derive(Clone, Debug)]
@@ -21,7 +21,7 @@ pub(crate) struct QueryMeta {
     pub(crate) database: Arc<str>,
     pub(crate) host: Arc<str>,
     pub(crate) port: u16,
-    pub(crate) target: Arc<str>,
+    pub(crate) address: Arc<str>,
     pub(crate) slow_query_threshold: Duration,
     pub(crate) metrics: StatementMetrics,
 }
@@ -32,7 +32,7 @@ impl QueryMeta {
         QueryMeta {
             host: options.get_host().into(),
             port: options.get_port(),
-            target: config.target().into(),
+            address: config.address().into(),
             database: database.into(),
             slow_query_threshold: config.slow_query_threshold,
             metrics: StatementMetrics::new(),

@@ -12,35 +12,6 @@ use super::error::PostgresError;
 use super::query::{self, QueryMeta};
 use super::statement::{Row, Statement};
 
-/// Transaction isolation levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isolation {
-    /// PostgreSQL's default.
-    ReadCommitted,
-    /// Snapshot isolation.
-    RepeatableRead,
-    /// Full serializability; conflicting transactions fail with SQLSTATE 40001 and should be retried.
-    Serializable,
-}
-
-impl Isolation {
-    pub(crate) fn begin_sql(self) -> &'static str {
-        match self {
-            Isolation::ReadCommitted => "BEGIN",
-            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Isolation::ReadCommitted => "read_committed",
-            Isolation::RepeatableRead => "repeatable_read",
-            Isolation::Serializable => "serializable",
-        }
-    }
-}
-
 /// An open transaction. Its statements are spans inside the transaction's span.
 pub struct Transaction {
     /// `None` only once finished (commit/rollback consume the transaction, so never observable).
@@ -62,11 +33,13 @@ impl Transaction {
     }
 
     /// Runs a statement that returns no rows; returns the number of rows affected.
+    #[doc(alias = "exec_with_tracing")]
     pub async fn exec(&mut self, statement: Statement) -> Result<u64, PostgresError> {
         self.run(statement, |conn, st| Box::pin(query::exec(conn, st)), |n| *n).await
     }
 
     /// Runs a query and decodes every row.
+    #[doc(alias = "query_with_tracing")]
     pub async fn query<T>(&mut self, statement: Statement) -> Result<Vec<T>, PostgresError>
     where
         T: Row,

@@ -8,20 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metrics::{counter, histogram};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use super::RedisClient;
-
-/// Metric names of the cache (docs/metrics.md).
-pub mod names {
-    /// Counter: lookups by `result` = `hit` | `miss` | `error` | `bypass`.
-    pub const LOOKUPS: &str = "redis_cache_lookups_total";
-    /// Histogram: `get_or_load` duration by `result`, seconds (a miss includes the loader).
-    pub const DURATION: &str = "redis_cache_duration_seconds";
-}
+use super::client::RedisClient;
+use super::metrics::CacheMetrics;
 
 type Flight = Arc<dyn std::any::Any + Send + Sync>;
 
@@ -32,6 +24,7 @@ pub struct Cache {
     /// One entry per key being loaded in this process: concurrent misses wait for the same load.
     in_flight: Arc<Mutex<HashMap<String, Flight>>>,
     jitter: RandomState,
+    metrics: CacheMetrics,
 }
 
 impl std::fmt::Debug for Cache {
@@ -43,10 +36,8 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// A cache storing JSON values in `redis`.
     pub fn new(redis: RedisClient) -> Self {
-        for result in ["hit", "miss", "error", "bypass"] {
-            counter!(names::LOOKUPS, "result" => result).increment(0);
-        }
-        Cache { redis, in_flight: Arc::new(Mutex::new(HashMap::new())), jitter: RandomState::new() }
+        let metrics = CacheMetrics::new();
+        Cache { redis, in_flight: Arc::new(Mutex::new(HashMap::new())), jitter: RandomState::new(), metrics }
     }
 
     /// The value under `key`, or `loader`'s value stored with `ttl` (±10 % jitter, so keys written together do
@@ -60,8 +51,7 @@ impl Cache {
     {
         let started = Instant::now();
         let (result, outcome) = self.lookup(key, ttl, loader).await;
-        counter!(names::LOOKUPS, "result" => outcome).increment(1);
-        histogram!(names::DURATION, "result" => outcome).record(started.elapsed().as_secs_f64());
+        self.metrics.looked_up(outcome, started.elapsed());
         result
     }
 

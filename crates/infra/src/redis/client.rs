@@ -16,12 +16,13 @@ use super::config::{RedisConfig, RedisMode};
 use super::error::{RedisError, is_connection_level};
 use super::metrics::RedisMetrics;
 use super::pool::{Connector, Pool, PoolLimits};
+use crate::health::PoolStats;
 use crate::resilience::CircuitBreaker;
 
 struct Inner {
     pool: Arc<Pool>,
     mode: RedisMode,
-    addr: String,
+    address: String,
     /// For spans: the server's host and port; in cluster mode the seed list and no port.
     host: String,
     port: Option<u16>,
@@ -41,7 +42,7 @@ pub struct RedisClient {
 
 impl fmt::Debug for RedisClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisClient").field("addr", &self.inner.addr).finish_non_exhaustive()
+        f.debug_struct("RedisClient").field("address", &self.inner.address).finish_non_exhaustive()
     }
 }
 
@@ -57,9 +58,9 @@ impl RedisClient {
     /// down) even when Redis is not reachable. Called inside a Tokio runtime, it also starts the pool's
     /// maintenance (REDIS_MIN_IDLE_CONNS, REDIS_IDLE_TIMEOUT, REDIS_MAX_CONN_AGE).
     pub fn connect_lazy(config: &RedisConfig) -> Result<Self, RedisError> {
-        let addr = config.redacted_addr();
+        let address = config.redacted_addr();
         let invalid =
-            |err: redis::RedisError| RedisError::InvalidAddress { addr: addr.clone(), reason: err.to_string() };
+            |err: redis::RedisError| RedisError::InvalidAddress { addr: address.clone(), reason: err.to_string() };
         let nodes =
             config.nodes().map(|node| node_info(config, node)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
         // One reply may take the time to write the command plus the time to read the answer.
@@ -80,7 +81,7 @@ impl RedisClient {
                     .response_timeout(response_timeout)
                     .build()
                     .map_err(invalid)?;
-                (Connector::Cluster(client), addr.clone(), None)
+                (Connector::Cluster(client), address.clone(), None)
             }
         };
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
@@ -100,7 +101,7 @@ impl RedisClient {
         let inner = Inner {
             pool: Pool::new(connector, limits),
             mode: config.mode,
-            addr,
+            address,
             host,
             port,
             db: config.db,
@@ -113,7 +114,8 @@ impl RedisClient {
     }
 
     /// `SET key value PX ttl` (no expiry when `ttl` is zero).
-    pub async fn set_with_tracing<V>(&self, key: &str, value: V, ttl: Duration) -> Result<(), RedisError>
+    #[doc(alias = "set_with_tracing")]
+    pub async fn set<V>(&self, key: &str, value: V, ttl: Duration) -> Result<(), RedisError>
     where
         V: ToRedisArgs + Send + Sync,
     {
@@ -126,7 +128,8 @@ impl RedisClient {
     }
 
     /// `GET key`: `Ok(None)` for a missing key, distinct from an error.
-    pub async fn get_with_tracing<T>(&self, key: &str) -> Result<Option<T>, RedisError>
+    #[doc(alias = "get_with_tracing")]
+    pub async fn get<T>(&self, key: &str) -> Result<Option<T>, RedisError>
     where
         T: FromRedisValue + Send,
     {
@@ -136,7 +139,8 @@ impl RedisClient {
     }
 
     /// `DEL key...`: the number of keys removed.
-    pub async fn del_with_tracing(&self, keys: &[&str]) -> Result<u64, RedisError> {
+    #[doc(alias = "del_with_tracing")]
+    pub async fn del(&self, keys: &[&str]) -> Result<u64, RedisError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
         self.run("DEL", keys.first().copied(), Idempotent::Yes, cmd).await
@@ -172,12 +176,12 @@ impl RedisClient {
     /// Stores `value` as JSON.
     pub async fn set_json<V: serde::Serialize>(&self, key: &str, value: &V, ttl: Duration) -> Result<(), RedisError> {
         let json = serde_json::to_vec(value).map_err(|err| RedisError::Conversion(err.to_string()))?;
-        self.set_with_tracing(key, json, ttl).await
+        self.set(key, json, ttl).await
     }
 
     /// Reads a JSON value; `Ok(None)` for a missing key.
     pub async fn get_json<V: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<V>, RedisError> {
-        match self.get_with_tracing::<Vec<u8>>(key).await? {
+        match self.get::<Vec<u8>>(key).await? {
             Some(bytes) => {
                 serde_json::from_slice(&bytes).map(Some).map_err(|err| RedisError::Conversion(err.to_string()))
             }
@@ -204,10 +208,10 @@ impl RedisClient {
         &self.inner.breaker
     }
 
-    /// Pool statistics: (open connections, connections with no command in flight). In cluster mode a pooled
-    /// connection holds one connection per node.
-    pub fn pool_state(&self) -> (usize, usize) {
-        self.inner.pool.state()
+    /// The pool's occupancy now; idle connections are those with no command in flight. In cluster mode a
+    /// pooled connection holds one connection per node.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
     }
 
     /// Standalone or cluster.
@@ -215,9 +219,9 @@ impl RedisClient {
         self.inner.mode
     }
 
-    /// The configured address, password masked.
-    pub fn addr(&self) -> &str {
-        &self.inner.addr
+    /// The configured address (REDIS_ADDR), password masked, safe to log.
+    pub fn address(&self) -> &str {
+        &self.inner.address
     }
 
     /// Runs `cmd` with a span, retries (idempotent commands, connection-level errors only) and metrics.
@@ -268,9 +272,9 @@ impl RedisClient {
         };
         if let Err(err) = &result {
             span.record("otel.status_code", "ERROR");
-            span.record("error.type", err.metric_kind());
+            span.record("error.type", err.metric_class());
         }
-        inner.metrics.done(name, started.elapsed(), result.as_ref().err().map(RedisError::metric_kind));
+        inner.metrics.done(name, started.elapsed(), result.as_ref().err().map(RedisError::metric_class));
         result
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::{Origin, Reader, Sensitivity, Unit, check_host_port, check_url, redact_url};
-use crate::resilience::BreakerConfig;
+use crate::resilience::{BreakerConfig, BreakerVariables};
 
 /// How the client talks to Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl RedisConfig {
             idle_timeout: r.duration("REDIS_IDLE_TIMEOUT", secs(5 * 60), Unit::Minutes, true),
             username: r.parsed("REDIS_USERNAME", Sensitivity::Plain, String::new(), |raw| Ok(raw.trim().to_string())),
             tls: r.bool("REDIS_TLS", false),
-            breaker: read_breaker(r),
+            breaker: BreakerConfig::read(r, &BREAKER_VARIABLES, &BreakerConfig::default()),
             rate_limit_fail_open: r.bool("REDIS_RATE_LIMIT_FAIL_OPEN", true),
         }
     }
@@ -113,18 +113,15 @@ impl RedisConfig {
     }
 }
 
-fn read_breaker(r: &mut Reader<'_>) -> BreakerConfig {
-    let defaults = BreakerConfig::default();
-    let rate_percent: u32 = r.int("REDIS_BREAKER_FAILURE_RATE", 50, 0, 100);
-    BreakerConfig {
-        consecutive_failures: r.int("REDIS_BREAKER_FAILURES", defaults.consecutive_failures, 0, 1000),
-        failure_rate: f64::from(rate_percent) / 100.0,
-        window: r.int("REDIS_BREAKER_WINDOW", defaults.window, 1, 10_000),
-        min_calls: r.int("REDIS_BREAKER_MIN_CALLS", defaults.min_calls, 1, 10_000),
-        open_for: r.duration("REDIS_BREAKER_COOLDOWN", defaults.open_for, Unit::Seconds, false),
-        half_open_probes: r.int("REDIS_BREAKER_PROBES", defaults.half_open_probes, 1, 1000),
-    }
-}
+/// REDIS_BREAKER_*: the breaker's defaults (five failures in a row, or half of the last twenty commands).
+const BREAKER_VARIABLES: BreakerVariables = BreakerVariables {
+    failures: "REDIS_BREAKER_FAILURES",
+    failure_rate: "REDIS_BREAKER_FAILURE_RATE",
+    window: "REDIS_BREAKER_WINDOW",
+    min_calls: "REDIS_BREAKER_MIN_CALLS",
+    cooldown: "REDIS_BREAKER_COOLDOWN",
+    probes: "REDIS_BREAKER_PROBES",
+};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

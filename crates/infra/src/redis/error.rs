@@ -46,7 +46,7 @@ impl RedisError {
     }
 
     /// A low-cardinality label for metrics.
-    pub fn metric_kind(&self) -> &'static str {
+    pub fn metric_class(&self) -> &'static str {
         match self {
             RedisError::InvalidAddress { .. } => "config",
             RedisError::Unavailable { .. } => "unavailable",

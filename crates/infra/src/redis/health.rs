@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::RedisClient;
+use super::client::RedisClient;
 use crate::health::{CheckFailure, Details, HealthCheck};
 
 /// Checks that Redis answers PING; details show the pool and the breaker.
@@ -26,13 +26,13 @@ impl HealthCheck for RedisHealth {
     }
 
     async fn check(&self) -> Result<Details, CheckFailure> {
-        self.client.ping().await.map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.addr())))?;
-        let (connections, idle) = self.client.pool_state();
+        self.client.ping().await.map_err(|err| CheckFailure::new(format!("{}: {err}", self.client.address())))?;
+        let pool = self.client.pool_stats();
         let mut details = Details::new();
-        details.insert("addr".into(), json!(self.client.addr()));
+        details.insert("address".into(), json!(self.client.address()));
         details.insert("mode".into(), json!(format!("{:?}", self.client.mode()).to_lowercase()));
-        details.insert("pool_connections".into(), json!(connections));
-        details.insert("pool_idle".into(), json!(idle));
+        details.insert("pool_connections".into(), json!(pool.size));
+        details.insert("pool_idle".into(), json!(pool.idle));
         details.insert("breaker".into(), json!(self.client.breaker().state()));
         Ok(details)
     }

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use metrics::{Gauge, counter, gauge};
+use metrics::{Gauge, counter, gauge, histogram};
 
 use crate::outcome_histograms::OutcomeHistograms;
-
 use crate::resilience::BreakerState;
 
-/// Metric names.
+/// Metric names of the whole Redis layer: commands, cache and rate limiter.
 pub mod names {
     /// Histogram: command duration (retries included) by `command` and `outcome`, seconds.
     pub const COMMAND_DURATION: &str = "redis_command_duration_seconds";
@@ -18,6 +17,12 @@ pub mod names {
     pub const RETRIES: &str = "redis_retries_total";
     /// Gauge: circuit breaker state (0 closed, 1 half-open, 2 open).
     pub const BREAKER_STATE: &str = "redis_breaker_state";
+    /// Counter: cache lookups by `result` = `hit` | `miss` | `error` | `bypass`.
+    pub const CACHE_LOOKUPS: &str = "redis_cache_lookups_total";
+    /// Histogram: `get_or_load` duration by `result`, seconds (a miss includes the loader).
+    pub const CACHE_DURATION: &str = "redis_cache_duration_seconds";
+    /// Counter: rate-limit decisions by `decision` = `allowed` | `limited` | `fail_open` | `fail_closed`.
+    pub const RATE_LIMIT_DECISIONS: &str = "redis_rate_limit_decisions_total";
 }
 
 /// The commands this client sends: the `command` label's whole range.
@@ -59,4 +64,49 @@ impl RedisMetrics {
     pub(crate) fn breaker(&self, state: BreakerState) {
         self.breaker.set(state.as_gauge());
     }
+}
+
+/// A counter with one label of a fixed range of values, every series registered at zero so alerts and
+/// dashboards see "none yet", not "no data".
+#[derive(Clone, Debug)]
+pub(crate) struct LabelledCounter {
+    name: &'static str,
+    label: &'static str,
+}
+
+impl LabelledCounter {
+    pub(crate) fn new(name: &'static str, label: &'static str, values: &[&'static str]) -> Self {
+        for value in values {
+            counter!(name, label => *value).increment(0);
+        }
+        LabelledCounter { name, label }
+    }
+
+    pub(crate) fn increment(&self, value: &'static str) {
+        counter!(self.name, self.label => value).increment(1);
+    }
+}
+
+/// The cache's lookups and durations by `result`.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheMetrics {
+    lookups: LabelledCounter,
+}
+
+impl CacheMetrics {
+    pub(crate) fn new() -> Self {
+        CacheMetrics {
+            lookups: LabelledCounter::new(names::CACHE_LOOKUPS, "result", &["hit", "miss", "error", "bypass"]),
+        }
+    }
+
+    pub(crate) fn looked_up(&self, result: &'static str, elapsed: Duration) {
+        self.lookups.increment(result);
+        histogram!(names::CACHE_DURATION, "result" => result).record(elapsed.as_secs_f64());
+    }
+}
+
+/// The rate limiter's decisions by `decision`.
+pub(crate) fn rate_limit_decisions() -> LabelledCounter {
+    LabelledCounter::new(names::RATE_LIMIT_DECISIONS, "decision", &["allowed", "limited", "fail_open", "fail_closed"])
 }

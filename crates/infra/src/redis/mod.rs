@@ -11,10 +11,10 @@ mod pool;
 mod rate_limit;
 mod session;
 
-pub use cache::{Cache, names as cache_metric_names};
+pub use cache::Cache;
 pub use client::RedisClient;
 pub use config::{RedisConfig, RedisMode};
 pub use error::RedisError;
 pub use health::RedisHealth;
-pub use rate_limit::{DECISIONS as RATE_LIMIT_DECISIONS, Decision, Limit, RateLimiter, WhenUnavailable};
-pub use session::{SessionId, SessionStore};
+pub use rate_limit::{Decision, Limit, RateLimiter, WhenUnavailable};
+pub use session::{RedisSessionStore, SessionId};

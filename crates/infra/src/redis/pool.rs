@@ -22,6 +22,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 
+use crate::health::PoolStats;
+
 /// Commands in flight on a connection before the pool prefers to open another one. One multiplexed connection
 /// pipelines 64 concurrent commands at full speed (0.98x a raw connection); spilling at 32 cost 15%.
 pub(crate) const SPILL_AT: usize = 128;
@@ -180,11 +182,11 @@ impl Pool {
         }
     }
 
-    /// (open connections, connections with no command in flight).
-    pub fn state(&self) -> (usize, usize) {
+    /// Open connections, those with no command in flight, and the most the pool may open.
+    pub fn stats(&self) -> PoolStats {
         let slots = self.read();
         let idle = slots.iter().filter(|s| s.in_flight.load(Ordering::Relaxed) == 0).count();
-        (slots.len(), idle)
+        PoolStats { size: slots.len(), idle, max_size: self.limits.max_size }
     }
 
     fn lease(&self, slot: Arc<Slot>) -> Lease {

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use metrics::counter;
-
-use super::{RedisClient, RedisError};
+use super::client::RedisClient;
+use super::config::RedisConfig;
+use super::error::RedisError;
+use super::metrics::{LabelledCounter, rate_limit_decisions};
 
 /// GCRA: the key holds the "theoretical arrival time" (TAT) of the next request, in microseconds of the
 /// server clock (milliseconds would cap every limit at 1000 requests per second). A request is allowed when
@@ -28,9 +29,6 @@ end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now - allow_at) / interval), new_tat - now, 0}
 ";
-
-/// Metric: rate-limit decisions by `decision` = `allowed` | `limited` | `fail_open` | `fail_closed`.
-pub const DECISIONS: &str = "redis_rate_limit_decisions_total";
 
 /// The limit: `rate` requests per `period`, with bursts of up to `burst` requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +73,7 @@ pub enum WhenUnavailable {
 
 impl WhenUnavailable {
     /// The policy REDIS_RATE_LIMIT_FAIL_OPEN chooses.
-    pub fn from_config(config: &super::RedisConfig) -> Self {
+    pub fn from_config(config: &RedisConfig) -> Self {
         if config.rate_limit_fail_open { WhenUnavailable::Allow } else { WhenUnavailable::Deny }
     }
 }
@@ -86,15 +84,13 @@ pub struct RateLimiter {
     redis: RedisClient,
     prefix: String,
     when_unavailable: WhenUnavailable,
+    decisions: LabelledCounter,
 }
 
 impl RateLimiter {
     /// A limiter storing its state under `{prefix}:{key}`.
     pub fn new(redis: RedisClient, prefix: impl Into<String>, when_unavailable: WhenUnavailable) -> Self {
-        for decision in ["allowed", "limited", "fail_open", "fail_closed"] {
-            counter!(DECISIONS, "decision" => decision).increment(0);
-        }
-        RateLimiter { redis, prefix: prefix.into(), when_unavailable }
+        RateLimiter { redis, prefix: prefix.into(), when_unavailable, decisions: rate_limit_decisions() }
     }
 
     /// Takes one request from `key`'s allowance. Never fails: when Redis is unavailable the configured
@@ -106,7 +102,7 @@ impl RateLimiter {
         match self.redis.script::<(u8, u64, u64, u64)>("EVAL gcra", &redis_key, cmd).await {
             Ok((allowed, remaining, reset_us, retry_us)) => {
                 let allowed = allowed == 1;
-                counter!(DECISIONS, "decision" => if allowed { "allowed" } else { "limited" }).increment(1);
+                self.decisions.increment(if allowed { "allowed" } else { "limited" });
                 Decision {
                     allowed,
                     limit: limit.burst,
@@ -122,7 +118,7 @@ impl RateLimiter {
     fn unavailable(&self, limit: Limit, err: &RedisError) -> Decision {
         let allowed = self.when_unavailable == WhenUnavailable::Allow;
         tracing::warn!(error = %err, allowed, "rate limiter cannot reach Redis");
-        counter!(DECISIONS, "decision" => if allowed { "fail_open" } else { "fail_closed" }).increment(1);
+        self.decisions.increment(if allowed { "fail_open" } else { "fail_closed" });
         let wait = Duration::from_micros(limit.interval_us());
         Decision {
             allowed,

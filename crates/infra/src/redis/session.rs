@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::{RedisClient, RedisError};
+use super::client::RedisClient;
+use super::error::RedisError;
 
 /// A session id: 32 random bytes as 64 hex characters. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -43,18 +44,18 @@ impl fmt::Debug for SessionId {
     }
 }
 
-/// Sessions stored under `{prefix}:{sha256(id)}` with a sliding TTL.
+/// Sessions stored in Redis under `{prefix}:{sha256(id)}` with a sliding TTL.
 #[derive(Clone, Debug)]
-pub struct SessionStore {
+pub struct RedisSessionStore {
     redis: RedisClient,
     prefix: String,
     ttl: Duration,
 }
 
-impl SessionStore {
+impl RedisSessionStore {
     /// A store whose sessions expire `ttl` after their last use.
     pub fn new(redis: RedisClient, prefix: impl Into<String>, ttl: Duration) -> Self {
-        SessionStore { redis, prefix: prefix.into(), ttl }
+        RedisSessionStore { redis, prefix: prefix.into(), ttl }
     }
 
     /// Creates a session holding `data`; returns its new id.
@@ -76,7 +77,7 @@ impl SessionStore {
 
     /// Ends the session; `false` when it did not exist.
     pub async fn delete(&self, id: &SessionId) -> Result<bool, RedisError> {
-        Ok(self.redis.del_with_tracing(&[&self.key(id)]).await? > 0)
+        Ok(self.redis.del(&[&self.key(id)]).await? > 0)
     }
 
     fn key(&self, id: &SessionId) -> String {

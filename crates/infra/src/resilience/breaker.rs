@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::clock::{Clock, SystemClock};
+use crate::config::{Reader, Unit};
 
 /// When the breaker opens and how it recovers.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +46,40 @@ impl Default for BreakerConfig {
             min_calls: 10,
             open_for: Duration::from_secs(5),
             half_open_probes: 1,
+        }
+    }
+}
+
+/// The variables of one dependency's breaker (`{PREFIX}_BREAKER_FAILURES`...): every dependency with a breaker
+/// names them alike, so an operator who tuned one knows the others.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerVariables {
+    /// Failures in a row that open the breaker.
+    pub failures: &'static str,
+    /// Percentage of failures over the window that opens it.
+    pub failure_rate: &'static str,
+    /// Size of the sliding window.
+    pub window: &'static str,
+    /// Calls the window must hold before the rate applies.
+    pub min_calls: &'static str,
+    /// How long it stays open.
+    pub cooldown: &'static str,
+    /// Calls let through while half-open.
+    pub probes: &'static str,
+}
+
+impl BreakerConfig {
+    /// Reads a breaker's settings from `variables`, each defaulting to the value in `defaults`.
+    pub fn read(r: &mut Reader<'_>, variables: &BreakerVariables, defaults: &BreakerConfig) -> Self {
+        let default_rate = (defaults.failure_rate * 100.0).round() as u32;
+        let rate_percent: u32 = r.int(variables.failure_rate, default_rate, 0, 100);
+        BreakerConfig {
+            consecutive_failures: r.int(variables.failures, defaults.consecutive_failures, 0, 1000),
+            failure_rate: f64::from(rate_percent) / 100.0,
+            window: r.int(variables.window, defaults.window, 1, 10_000),
+            min_calls: r.int(variables.min_calls, defaults.min_calls, 1, 10_000),
+            open_for: r.duration(variables.cooldown, defaults.open_for, Unit::Seconds, false),
+            half_open_probes: r.int(variables.probes, defaults.half_open_probes, 1, 1000),
         }
     }
 }
@@ -279,7 +314,7 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::FakeClock;
+    use crate::resilience::clock::FakeClock;
 
     fn breaker(config: BreakerConfig) -> (CircuitBreaker, Arc<FakeClock>) {
         let clock = Arc::new(FakeClock::default());

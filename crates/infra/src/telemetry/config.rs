@@ -93,7 +93,7 @@ impl ServiceConfig {
 
     /// The log filter in force: `RUST_LOG` / `LOG_LEVEL` when set, else the mapping of `OTEL_LOG_VERBOSITY`.
     pub fn effective_log_filter(&self) -> String {
-        self.log_filter.clone().unwrap_or_else(|| super::filter_for_verbosity(self.log_verbosity))
+        self.log_filter.clone().unwrap_or_else(|| filter_for_verbosity(self.log_verbosity))
     }
 }
 
@@ -156,6 +156,17 @@ fn parse_ratio(raw: &str) -> Result<f64, String> {
     let rule = "must be a number from 0 to 1 (the fraction of traces kept)";
     let ratio: f64 = raw.trim().parse().map_err(|_| rule)?;
     if (0.0..=1.0).contains(&ratio) { Ok(ratio) } else { Err(rule.to_string()) }
+}
+
+/// The log filter for a verbosity level: 0 warn, 1 info, 2 debug, 3 trace. Dependencies stay at warn below
+/// trace so debugging the service does not drown in driver chatter.
+pub fn filter_for_verbosity(verbosity: u8) -> String {
+    match verbosity {
+        0 => "warn".to_string(),
+        1 => "info".to_string(),
+        2 => "warn,infra=debug,app=debug,rust_app=debug".to_string(),
+        _ => "trace".to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! slow-query warning carries its statement and duration itself).
 
 pub mod config;
+mod error;
 pub mod prometheus;
 pub mod propagation;
 mod traces;
@@ -29,7 +30,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-pub use config::{LogFormat, OtlpConfig, ServiceConfig};
+pub use config::{LogFormat, OtlpConfig, ServiceConfig, filter_for_verbosity};
+pub use error::TelemetryError;
 
 /// Targets of the client spans the log layer leaves to the trace pipeline.
 pub const CLIENT_SPAN_TARGETS: [&str; 3] = ["infra::postgres", "infra::redis", "infra::kafka"];
@@ -38,34 +40,6 @@ pub const CLIENT_SPAN_TARGETS: [&str; 3] = ["infra::postgres", "infra::redis", "
 /// would be exported by the exporter, forever).
 const TRACE_FILTER: &str = "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,opentelemetry=off,\
                             opentelemetry_sdk=off,opentelemetry_otlp=off";
-
-/// Why telemetry could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    /// The log filter does not parse.
-    #[error("invalid log filter: {0}")]
-    Filter(String),
-    /// The OTLP exporter could not be built.
-    #[error("cannot set up the OTLP trace exporter: {0}")]
-    Exporter(String),
-    /// The metrics recorder could not be installed.
-    #[error("cannot install the metrics recorder: {0}")]
-    Metrics(String),
-    /// A global subscriber is already installed.
-    #[error("cannot install the log subscriber: {0}")]
-    Subscriber(String),
-}
-
-/// The log filter for a verbosity level: 0 warn, 1 info, 2 debug, 3 trace. Dependencies stay at warn below
-/// trace so debugging the service does not drown in driver chatter.
-pub fn filter_for_verbosity(verbosity: u8) -> String {
-    match verbosity {
-        0 => "warn".to_string(),
-        1 => "info".to_string(),
-        2 => "warn,infra=debug,app=debug,rust_app=debug".to_string(),
-        _ => "trace".to_string(),
-    }
-}
 
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use super::TelemetryError;
+use super::error::TelemetryError;
 
 /// Buckets of every `*_duration_seconds` histogram: 0.5 ms to 10 s, roughly ×2.5 apart — fine where cache
 /// and query latencies live, coarse where only "slow" matters.

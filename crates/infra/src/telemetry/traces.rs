@@ -14,8 +14,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use secrecy::ExposeSecret;
 
-use super::TelemetryError;
 use super::config::{OtlpConfig, ServiceConfig};
+use super::error::TelemetryError;
 
 /// Builds the tracer provider. Without an OTLP endpoint spans are still created — logs carry their trace
 /// ids and outgoing requests and records carry `traceparent` — but nothing is exported.

@@ -5,10 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use infra::config::Sources;
 use infra::health::HealthCheck;
-use infra::postgres::{Isolation, PostgresClient, PostgresError, PostgresHealth, RetryPolicy, sql};
-use test_support::postgres::{PrivatePostgres, TestDb, config};
+use infra::postgres::{Isolation, PostgresClient, PostgresConfig, PostgresError, PostgresHealth, RetryPolicy, sql};
+use infra::resilience::BreakerState;
+use infra::settings::Config;
+use test_support::postgres::{PrivatePostgres, TestDb};
 use test_support::{CapturedLogs, eventually};
+
+/// PostgreSQL settings with `POSTGRES_DSN = dsn` and `overrides`, validated like the service does.
+fn config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig {
+    let env: Vec<(&str, &str)> = [("POSTGRES_DSN", dsn)].into_iter().chain(overrides.iter().copied()).collect();
+    Config::from_sources(&Sources::from_env_pairs(&env)).expect("valid test configuration").postgres
+}
 
 fn client(db: &TestDb, overrides: &[(&str, &str)]) -> PostgresClient {
     PostgresClient::connect_lazy(&config(&db.dsn(), overrides)).expect("client")
@@ -217,9 +226,9 @@ async fn idle_connections_beyond_the_cap_are_closed() {
         query.await.expect("task").expect("query");
     }
     let settled =
-        eventually(Duration::from_secs(5), async || pg.pool_stats().1 <= 2 && db.server_connections() <= 2).await;
+        eventually(Duration::from_secs(5), async || pg.pool_stats().idle <= 2 && db.server_connections() <= 2).await;
     assert!(settled, "idle {:?}, server connections {}", pg.pool_stats(), db.server_connections());
-    assert_eq!(pg.pool_stats().1, 2, "up to the cap is kept");
+    assert_eq!(pg.pool_stats().idle, 2, "up to the cap is kept");
     pg.close().await;
 }
 
@@ -276,8 +285,27 @@ async fn an_outage_fails_fast_with_the_cause_and_recovery_is_automatic() {
     server.start_again();
     let recovered = eventually(Duration::from_secs(15), async || pg.exec(sql("SELECT 1")).await.is_ok()).await;
     assert!(recovered, "calls succeed again once the server is back");
-    assert!(health.check().await.is_ok());
+    let details = health.check().await.expect("up again");
+    assert_eq!(details["address"], pg.address(), "the credential-free address, as Redis and Kafka report it");
     pg.close().await;
+}
+
+#[tokio::test]
+async fn the_breaker_follows_the_postgres_breaker_settings() {
+    let unreachable =
+        format!("postgres://rust_app_user:rust_app_password@127.0.0.1:{}/rust_app", test_support::free_port());
+    let settings = [("POSTGRES_ACQUIRE_TIMEOUT", "1s"), ("POSTGRES_BREAKER_FAILURES", "2")];
+    let pg = PostgresClient::connect_lazy(&config(&unreachable, &settings)).expect("client");
+    let refused = |err: &PostgresError| matches!(err, PostgresError::Unavailable { retry_in: Some(_), .. });
+
+    let first = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(!refused(&first), "tried: {first:?}");
+    assert_eq!(pg.breaker().state(), BreakerState::Closed, "one failure of the two POSTGRES_BREAKER_FAILURES");
+    let second = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(!refused(&second), "tried again: {second:?}");
+    assert_eq!(pg.breaker().state(), BreakerState::Open);
+    let third = pg.exec(sql("SELECT 1")).await.expect_err("down");
+    assert!(refused(&third), "refused at once: {third:?}");
 }
 
 #[tokio::test]
@@ -308,7 +336,7 @@ async fn passwords_never_reach_logs_errors_spans_or_debug_output() {
     // Malformed DSN: rejected by configuration.
     let malformed = format!("postgres://rust_app_user:{secret}@127.0.0.1:99999/rust_app");
     let sources = infra::config::Sources::from_env_pairs(&[("POSTGRES_DSN", &malformed)]);
-    let err = infra::config::Config::from_sources(&sources).expect_err("malformed");
+    let err = infra::settings::Config::from_sources(&sources).expect_err("malformed");
     shown.extend([err.to_string(), format!("{err:?}")]);
 
     shown.push(logs.text());
