@@ -247,7 +247,7 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
             let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
             let users = Users::new(
                 Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres), cache)),
-                Arc::new(RedisSessions::new(redis, settings.sessions.ttl)),
+                Arc::new(RedisSessions::new(redis, settings.sessions.ttl, settings.sessions.max_lifetime)),
             );
             serve(Router::new().route("/users/{id}", get(cached)).with_state(users)).await
         }

@@ -52,6 +52,8 @@ pub struct HttpSettings {
 pub struct SessionSettings {
     /// `SESSION_TTL`: how long a session lives without use (each use renews it).
     pub ttl: Duration,
+    /// `SESSION_MAX_LIFETIME`: how long a session lives at most from sign-in, however often it is used.
+    pub max_lifetime: Duration,
     /// `SESSION_COOKIE_NAME`: the cookie carrying the session id.
     pub cookie_name: String,
     /// `SESSION_COOKIE_SECURE`: mark the cookie `Secure` (sent over HTTPS only). Off by default so the local
@@ -142,6 +144,7 @@ impl SessionSettings {
     fn read(r: &mut Reader<'_>) -> Self {
         SessionSettings {
             ttl: r.duration("SESSION_TTL", Duration::from_secs(24 * 3600), Unit::Minutes, false),
+            max_lifetime: r.duration("SESSION_MAX_LIFETIME", Duration::from_secs(7 * 24 * 3600), Unit::Minutes, false),
             cookie_name: r.parsed("SESSION_COOKIE_NAME", Sensitivity::Plain, "rust_app_session".into(), |raw| {
                 let name = raw.trim();
                 let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));

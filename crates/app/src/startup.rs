@@ -223,7 +223,7 @@ fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) ->
     let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
     Users::new(
         Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres.clone()), cache)),
-        Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl)),
+        Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl, settings.sessions.max_lifetime)),
     )
     .with_hashing_limits(settings.users.hashing)
 }

@@ -89,6 +89,10 @@ pub struct Event {
     /// When it happened (events published before this field existed read as "now").
     #[serde(with = "time::serde::rfc3339", default = "time::OffsetDateTime::now_utc")]
     pub occurred_at: time::OffsetDateTime,
+    /// The signed-in user who published it over HTTP: only they and admins may read it back. `None` for the
+    /// service's own events (the outbox's `user_*`) and events published before access control: admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<uuid::Uuid>,
 }
 
 /// Where a published event was stored.
@@ -193,6 +197,7 @@ mod tests {
             key: EventKey::try_from("user-1".to_string()).expect("key"),
             data: serde_json::json!({"name": "Ada"}),
             occurred_at: time::OffsetDateTime::now_utc(),
+            publisher: Some(uuid::Uuid::now_v7()),
         };
         let json = serde_json::to_value(&event).expect("serializes");
         assert_eq!(json["type"], "user.created");

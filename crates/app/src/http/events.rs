@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::access::Caller;
 use super::client_ip::ClientIp;
 use super::extract::IdPath;
 use super::problem::Problem;
@@ -35,6 +36,7 @@ pub struct NewEvent {
 /// Publishes the event and answers 202 with its id and place in the stream once Kafka acknowledged it.
 pub async fn publish(
     State(state): State<AppState>,
+    caller: Caller,
     client: Option<Extension<ClientIp>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
@@ -67,6 +69,7 @@ pub async fn publish(
         key: new.key,
         data: new.data,
         occurred_at: time::OffsetDateTime::now_utc(),
+        publisher: Some(caller.user.id),
     };
     match state.events.publish(&event).await {
         Ok(published) => {
@@ -84,10 +87,12 @@ pub async fn publish(
 }
 
 /// The recorded event, or 404 while it is not (yet) recorded.
-pub async fn find(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
+pub async fn find(State(state): State<AppState>, caller: Caller, IdPath(id): IdPath) -> Response {
+    let actor = caller.actor();
     match state.event_log.find(id).await {
-        Ok(Some(logged)) => Json(logged).into_response(),
-        Ok(None) => Problem::new(StatusCode::NOT_FOUND, "event-not-found", "Event not found")
+        // Someone else's event is answered like a missing one: ids of other users' events cannot be probed.
+        Ok(Some(logged)) if actor.is_admin() || logged.event.publisher == Some(actor.id) => Json(logged).into_response(),
+        Ok(_) => Problem::new(StatusCode::NOT_FOUND, "event-not-found", "Event not found")
             .detail("no event with this id has been recorded (yet)")
             .into_response(),
         Err(err) => {

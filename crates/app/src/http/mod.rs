@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, shared state and error responses.
 
+pub mod access;
 pub mod body;
 pub mod client_ip;
 mod events;
@@ -20,7 +21,8 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use infra::health::HealthRegistry;
 use infra::redis::{Limit, RateLimiter};
 use ipnet::IpNet;
@@ -29,6 +31,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::events::{EventLog, EventPublisher};
 use crate::users::Users;
+use access::Access;
 use problem::Problem;
 use sessions::CookieSettings;
 
@@ -117,21 +120,58 @@ fn ops_router(requests: RequestLimits) -> Router<AppState> {
 }
 
 /// The routes clients call: users, sessions, events, the API's description, and the answer to unknown paths.
-/// Limited per client address; the place for access control.
+/// Limited per client address; each route behind its [`Access`] rule. Built from [`api_routes`] only, so no
+/// route exists without an access decision.
 fn api_router(state: AppState) -> Router<AppState> {
     let requests = state.requests;
-    let routes = Router::new()
-        .route("/events", post(events::publish))
-        .route("/events/{id}", get(events::find))
-        .route("/users", post(users::create).get(users::list))
-        .route("/users/{id}", get(users::get).patch(users::update).delete(users::delete))
-        .route("/users/{id}/activity", get(users::activity))
-        .route("/sessions", post(sessions::login).delete(sessions::logout))
-        .route("/me", get(sessions::me))
-        .route("/openapi.json", get(openapi::document))
-        .fallback(problem::not_found);
+    let mut routes = Router::new();
+    for route in api_routes() {
+        let rule = from_fn_with_state((state.clone(), route.access), access::authorize);
+        routes = routes.route(route.path, route.handler.layer(rule));
+    }
     // Outside the request's limits: the rate limit answers before any work.
-    handled(routes, requests).layer(from_fn_with_state(state, rate_limit::limit_per_ip))
+    handled(routes.fallback(problem::not_found), requests)
+        .layer(from_fn_with_state(state, rate_limit::limit_per_ip))
+}
+
+/// An API route: method and path, who may call it, and its handler.
+pub struct ApiRoute {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, as axum matches it (`/users/{id}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+impl ApiRoute {
+    fn new(method: Method, path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+        ApiRoute { method, path, access, handler }
+    }
+}
+
+/// Every API route with its access rule: the one place where who may call what is decided (docs/security.md
+/// has the same table).
+pub fn api_routes() -> Vec<ApiRoute> {
+    use Access::{Admin, OwnerOrAdmin, Public, SignedIn};
+    vec![
+        ApiRoute::new(Method::POST, "/users", Public, post(users::create)),
+        ApiRoute::new(Method::GET, "/users", Admin, get(users::list)),
+        // Anyone signed in sees a public profile; the owner and admins the whole record (decided in the handler).
+        ApiRoute::new(Method::GET, "/users/{id}", SignedIn, get(users::get)),
+        ApiRoute::new(Method::PATCH, "/users/{id}", OwnerOrAdmin, patch(users::update)),
+        ApiRoute::new(Method::DELETE, "/users/{id}", OwnerOrAdmin, delete(users::delete)),
+        ApiRoute::new(Method::GET, "/users/{id}/activity", OwnerOrAdmin, get(users::activity)),
+        ApiRoute::new(Method::POST, "/sessions", Public, post(sessions::login)),
+        // Public so that signing out with an expired session still clears the cookie; `?all=true` needs a session.
+        ApiRoute::new(Method::DELETE, "/sessions", Public, delete(sessions::logout)),
+        ApiRoute::new(Method::GET, "/me", SignedIn, get(sessions::me)),
+        ApiRoute::new(Method::POST, "/events", SignedIn, post(events::publish)),
+        // The publisher or an admin (decided in the handler, which has the event).
+        ApiRoute::new(Method::GET, "/events/{id}", SignedIn, get(events::find)),
+        ApiRoute::new(Method::GET, "/openapi.json", Public, get(openapi::document)),
+    ]
 }
 
 /// What every route gets, innermost first: the 405 problem for a known path called with another method, the

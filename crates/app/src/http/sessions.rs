@@ -8,21 +8,24 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::access::{Caller, session_token};
 use super::body::object;
 use super::client_ip::ClientIp;
 use super::problem::Problem;
 use super::rate_limit::{set_headers, too_many_requests};
 use super::users::{UserBody, user_problem};
-use crate::users::{Credentials, SessionToken};
+use crate::users::{Credentials, SessionToken, UserError};
 
 /// How the session cookie is made.
 #[derive(Clone, Debug)]
@@ -61,6 +64,7 @@ pub struct Login {
 pub async fn login(
     State(state): State<AppState>,
     client: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
     jar: CookieJar,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
@@ -77,7 +81,8 @@ pub async fn login(
     if !decision.allowed {
         return too_many_requests(decision, "too many login attempts for this account; retry later");
     }
-    let mut response = match state.users.login(input).await {
+    let previous = session_token(&headers, &state.cookie.name);
+    let mut response = match state.users.login(input, previous.as_ref()).await {
         Ok((user, token)) => {
             let jar = jar.add(session_cookie(&state.cookie, &token));
             (StatusCode::CREATED, jar, Json(UserBody::from(user))).into_response()
@@ -95,23 +100,42 @@ pub async fn login(
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable (sessions live there)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn me(State(state): State<AppState>, jar: CookieJar) -> Response {
-    let token = token(&state, &jar);
-    match state.users.me(token.as_ref()).await {
-        Ok(user) => Json(UserBody::from(user)).into_response(),
-        Err(err) => user_problem(err).into_response(),
-    }
+pub async fn me(caller: Caller) -> Response {
+    Json(UserBody::from(caller.user)).into_response()
 }
 
-/// Signs out: ends the session and clears the cookie. Always 204, signed in or not.
-#[utoipa::path(delete, path = "/sessions", tag = "sessions",
+/// Where `DELETE /sessions` signs out.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogoutQuery {
+    /// `true`: end every session of the signed-in user, on every device (needs a valid session).
+    all: Option<bool>,
+}
+
+/// Signs out: ends the session (or, with `?all=true`, every session of the user) and clears the cookie.
+/// 204 signed in or not, except that `?all=true` needs a valid session.
+#[utoipa::path(delete, path = "/sessions", tag = "sessions", params(LogoutQuery),
     responses(
         (status = 204, description = "Signed out"),
+        (status = 401, description = "`all=true` without a valid session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Response {
-    let token = token(&state, &jar);
-    match state.users.logout(token.as_ref()).await {
+pub async fn logout(
+    State(state): State<AppState>,
+    query: Result<Query<LogoutQuery>, QueryRejection>,
+    headers: HeaderMap,
+    jar: CookieJar,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query string").into_response();
+    };
+    let token = session_token(&headers, &state.cookie.name);
+    let ended = if query.all.unwrap_or(false) {
+        logout_everywhere(&state, token.as_ref()).await
+    } else {
+        state.users.logout(token.as_ref()).await
+    };
+    match ended {
         Ok(()) => {
             let removal = Cookie::build((state.cookie.name.clone(), "")).path("/").build();
             (StatusCode::NO_CONTENT, jar.remove(removal)).into_response()
@@ -120,8 +144,11 @@ pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Response {
     }
 }
 
-fn token(state: &AppState, jar: &CookieJar) -> Option<SessionToken> {
-    jar.get(&state.cookie.name).map(|cookie| SessionToken::new(cookie.value().to_string()))
+/// Ends every session of the user `token` belongs to.
+async fn logout_everywhere(state: &AppState, token: Option<&SessionToken>) -> Result<(), UserError> {
+    let token = token.ok_or(UserError::Unauthenticated)?;
+    let user = state.users.authenticate(token).await?.ok_or(UserError::Unauthenticated)?;
+    state.users.logout_everywhere(user.id).await
 }
 
 fn session_cookie(settings: &CookieSettings, token: &SessionToken) -> Cookie<'static> {

@@ -1,5 +1,9 @@
 //! The users API: `POST /users`, `GET /users`, `GET|PATCH|DELETE /users/{id}`, `GET /users/{id}/activity`.
 
+// The helpers return a ready response (or problem) as their error: built once per refused request, boxing it
+// would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -11,6 +15,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::access::Caller;
 use super::body::object;
 use super::extract::IdPath;
 use super::problem::{FieldProblem, Problem};
@@ -48,6 +53,24 @@ impl From<User> for UserBody {
     }
 }
 
+/// What anyone signed in may see of another user: no email.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicProfile {
+    /// The user's id.
+    id: Uuid,
+    /// Display name.
+    name: String,
+    /// When the user registered (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl From<User> for PublicProfile {
+    fn from(user: User) -> Self {
+        PublicProfile { id: user.id, name: user.name.into(), created_at: user.created_at }
+    }
+}
+
 /// The body of `POST /users`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)] // Documents the request; the handler reads the fields one by one to report each problem.
@@ -74,6 +97,9 @@ pub struct UpdateUser {
     /// New password.
     #[schema(format = Password)]
     password: Option<String>,
+    /// The signed-in user's current password: required with `email` or `password`.
+    #[schema(format = Password)]
+    current_password: Option<String>,
 }
 
 /// A page of users.
@@ -183,23 +209,36 @@ pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, Jso
     }
 }
 
-/// A user, served from the Redis cache when it holds it.
+/// A user, served from the Redis cache when it holds it: the whole record for the user themself and admins,
+/// the public profile (id, name, registration time; no email) for anyone else signed in.
 #[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
     responses(
-        (status = 200, description = "The user", body = UserBody),
+        (status = 200, description = "The user (the owner and admins) or their public profile (anyone else signed in)", body = UserBody),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable (and the user not cached)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
-    respond(state.users.get(id).await.map(|user| Json(UserBody::from(user))))
+pub async fn get(State(state): State<AppState>, caller: Caller, IdPath(id): IdPath) -> Response {
+    let user = match state.users.get(id).await {
+        Ok(user) => user,
+        Err(err) => return user_problem(err).into_response(),
+    };
+    if caller.actor().manages(id) {
+        Json(UserBody::from(user)).into_response()
+    } else {
+        Json(PublicProfile::from(user)).into_response()
+    }
 }
 
-/// Changes a user's name, email or password; the cached copy is dropped.
+/// Changes a user's name, email or password (the user themself or an admin); the cached copy is dropped. A
+/// new email or password needs the caller's `current_password` and ends every session of the user.
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", request_body = UpdateUser,
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The changed user", body = UserBody),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong current password", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
@@ -207,25 +246,31 @@ pub async fn get(State(state): State<AppState>, IdPath(id): IdPath) -> Response 
     ))]
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let mut fields = match object(body, &["name", "email", "password"]) {
+    let mut fields = match object(body, &["name", "email", "password", "current_password"]) {
         Ok(fields) => fields,
         Err(response) => return response,
     };
-    let changes =
-        UserChanges { name: fields.take("name"), email: fields.take("email"), password: fields.take("password") };
+    let changes = UserChanges {
+        name: fields.take("name"),
+        email: fields.take("email"),
+        password: fields.take("password"),
+        current_password: fields.take("current_password"),
+    };
     if let Some(problem) = fields.problem() {
         return problem.into_response();
     }
-    respond(state.users.update(id, changes).await.map(|user| Json(UserBody::from(user))))
+    respond(state.users.update(caller.actor(), id, changes).await.map(|user| Json(UserBody::from(user))))
 }
 
-/// Deletes a user; the cached copy is dropped.
+/// Deletes a user (the user themself or an admin); the cached copy is dropped and every session ended.
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -233,10 +278,12 @@ pub async fn delete(State(state): State<AppState>, IdPath(id): IdPath) -> Respon
     respond(state.users.delete(id).await.map(|()| StatusCode::NO_CONTENT))
 }
 
-/// Users in creation order, a page at a time (keyset pagination: stable under concurrent inserts).
+/// Users in creation order, a page at a time (keyset pagination: stable under concurrent inserts). Admins only.
 #[utoipa::path(get, path = "/users", tag = "users", params(ListQuery),
     responses(
         (status = 200, description = "A page of users", body = UserPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -254,6 +301,7 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
     params(("id" = Uuid, Path, description = "User id"), ListQuery),
     responses(
         (status = 200, description = "A page of the audit trail, newest first", body = ActivityPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user and no trail", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
@@ -300,6 +348,8 @@ pub fn user_problem(err: UserError) -> Problem {
         UserError::NotFound => Problem::new(StatusCode::NOT_FOUND, code, "User not found"),
         UserError::EmailTaken => Problem::new(StatusCode::CONFLICT, code, "Email already registered")
             .detail("another user has this email address"),
+        UserError::WrongCurrentPassword => Problem::new(StatusCode::FORBIDDEN, code, "Wrong current password")
+            .detail("changing the email or password needs the current password of the signed-in user"),
         UserError::InvalidCredentials => {
             Problem::new(StatusCode::UNAUTHORIZED, code, "Invalid credentials").detail("wrong email or password")
         }

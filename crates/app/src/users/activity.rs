@@ -192,6 +192,7 @@ mod tests {
             key: EventKey::try_from(key.to_string()).expect("key"),
             data,
             occurred_at: OffsetDateTime::now_utc(),
+            publisher: None,
         }
     }
 

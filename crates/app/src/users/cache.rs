@@ -4,8 +4,7 @@
 use async_trait::async_trait;
 
 use super::{
-    Activity, ActivityCursor, Email, NewUser, PasswordHash, StoredChanges, User, UserCache, UserError, UserId,
-    UserRepository,
+    Activity, ActivityCursor, Email, NewUser, PasswordHash, Role, StoredChanges, User, UserCache, UserError, UserId, UserRepository,
 };
 
 /// `repository` with `cache` in front: [`UserRepository::find`] is cache-aside, `update` and `delete` drop the
@@ -41,6 +40,18 @@ impl<R: UserRepository, C: UserCache> UserRepository for CachedUserRepository<R,
 
     async fn find_credentials(&self, email: &Email) -> Result<Option<(User, PasswordHash)>, UserError> {
         self.repository.find_credentials(email).await
+    }
+
+    async fn password_hash(&self, id: UserId) -> Result<Option<PasswordHash>, UserError> {
+        self.repository.password_hash(id).await
+    }
+
+    async fn set_role(&self, email: &Email, role: Role) -> Result<Option<User>, UserError> {
+        let user = self.repository.set_role(email, role).await?;
+        if let Some(user) = &user {
+            self.invalidate(user.id).await;
+        }
+        Ok(user)
     }
 
     async fn update(&self, id: UserId, changes: &StoredChanges) -> Result<Option<User>, UserError> {

@@ -43,6 +43,63 @@ pub struct User {
     /// When the user last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// What the user may do beyond their own account (entries cached before roles existed read as `user`).
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a user may do. Stored in PostgreSQL (`users.role`); the first admin is made with
+/// `rust-app users create-admin`, never by a default password.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages their own account, publishes and reads their own events.
+    #[default]
+    User,
+    /// Manages every account and reads every event.
+    Admin,
+}
+
+impl Role {
+    /// The role as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The stored role; anything unknown grants nothing.
+    pub fn from_stored(raw: &str) -> Self {
+        if raw == "admin" { Role::Admin } else { Role::User }
+    }
+}
+
+/// Who is acting: the signed-in user behind a request. Authorization questions about a resource are answered
+/// here, so the HTTP layer and the use cases ask the same thing the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The signed-in user.
+    pub id: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+impl Actor {
+    /// The actor of a signed-in user.
+    pub fn of(user: &User) -> Self {
+        Actor { id: user.id, role: user.role }
+    }
+
+    /// Whether they may see and change the account `id` (their own, or any as an admin).
+    pub fn manages(&self, id: UserId) -> bool {
+        self.id == id || self.is_admin()
+    }
+
+    /// Whether they are an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
 }
 
 /// A user to store: parsed input plus the hash of the password.
@@ -56,6 +113,8 @@ pub struct NewUser {
     pub email: Email,
     /// The password's hash.
     pub password_hash: PasswordHash,
+    /// The role it starts with ([`Role::User`] for every registration over HTTP).
+    pub role: Role,
 }
 
 /// A change to store: `None` leaves the field as it is.
@@ -135,6 +194,9 @@ pub enum UserError {
     /// Wrong email or password (deliberately not saying which).
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// The current password given to confirm a change of email or password is wrong.
+    #[error("wrong current password")]
+    WrongCurrentPassword,
     /// No valid session.
     #[error("not signed in")]
     Unauthenticated,
@@ -160,6 +222,7 @@ impl UserError {
             UserError::NotFound => "user-not-found",
             UserError::EmailTaken => "email-taken",
             UserError::InvalidCredentials => "invalid-credentials",
+            UserError::WrongCurrentPassword => "wrong-current-password",
             UserError::Unauthenticated => "unauthenticated",
             UserError::Overloaded { .. } => "overloaded",
             UserError::Unavailable(_) => "dependency-unavailable",
@@ -222,6 +285,10 @@ pub trait UserRepository: Send + Sync {
     async fn find(&self, id: UserId) -> Result<Option<User>, UserError>;
     /// The user with this email (ignoring case) and its password hash, for login.
     async fn find_credentials(&self, email: &Email) -> Result<Option<(User, PasswordHash)>, UserError>;
+    /// The password hash of the user with this id, to confirm a sensitive change.
+    async fn password_hash(&self, id: UserId) -> Result<Option<PasswordHash>, UserError>;
+    /// Gives the user with this email (ignoring case) `role`; `None` when there is no such user.
+    async fn set_role(&self, email: &Email, role: Role) -> Result<Option<User>, UserError>;
     /// Applies `changes` and stores a `user_updated` event; `None` when there is no such user.
     async fn update(&self, id: UserId, changes: &StoredChanges) -> Result<Option<User>, UserError>;
     /// Deletes the user and stores a `user_deleted` event; `false` when there was no such user.
@@ -279,4 +346,6 @@ pub trait SessionStore: Send + Sync {
     async fn user_of(&self, token: &SessionToken) -> Result<Option<UserId>, UserError>;
     /// Ends the session; ending an unknown one is not an error.
     async fn end(&self, token: &SessionToken) -> Result<(), UserError>;
+    /// Ends every session of `user` (password or email changed, account deleted, "sign out everywhere").
+    async fn end_all(&self, user: UserId) -> Result<(), UserError>;
 }

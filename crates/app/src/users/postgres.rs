@@ -6,7 +6,7 @@ use infra::postgres::{PostgresClient, PostgresError, Transaction, sql};
 use time::OffsetDateTime;
 
 use super::{
-    Activity, ActivityCursor, Email, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId,
+    Activity, ActivityCursor, Email, Role, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId,
     UserRepository,
 };
 use crate::events::{Event, EventKey, EventType};
@@ -25,8 +25,8 @@ impl PostgresUsers {
     }
 }
 
-type UserRow = (UserId, String, String, OffsetDateTime, OffsetDateTime);
-type CredentialRow = (UserId, String, String, OffsetDateTime, OffsetDateTime, String);
+type UserRow = (UserId, String, String, OffsetDateTime, OffsetDateTime, String);
+type CredentialRow = (UserId, String, String, OffsetDateTime, OffsetDateTime, String, String);
 
 #[async_trait]
 impl UserRepository for PostgresUsers {
@@ -34,12 +34,13 @@ impl UserRepository for PostgresUsers {
         let mut tx = self.client.begin().await.map_err(write_error)?;
         let row: UserRow = tx
             .query_one(
-                sql("INSERT INTO users (id, name, email, password_hash) VALUES ($1, $2, $3, $4) \
-                     RETURNING id, name, email, created_at, updated_at")
+                sql("INSERT INTO users (id, name, email, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, name, email, created_at, updated_at, role")
                 .bind(user.id)
                 .bind(user.name.as_str().to_string())
                 .bind(user.email.as_str().to_string())
-                .bind(user.password_hash.as_str().to_string()),
+                .bind(user.password_hash.as_str().to_string())
+                .bind(user.role.as_str()),
             )
             .await
             .map_err(write_error)?;
@@ -50,27 +51,42 @@ impl UserRepository for PostgresUsers {
     }
 
     async fn find(&self, id: UserId) -> Result<Option<User>, UserError> {
-        let statement = sql("SELECT id, name, email, created_at, updated_at FROM users WHERE id = $1").bind(id);
+        let statement = sql("SELECT id, name, email, created_at, updated_at, role FROM users WHERE id = $1").bind(id);
         let row: Option<UserRow> = self.client.query_optional(statement).await.map_err(read_error)?;
         row.map(to_user).transpose()
     }
 
     async fn find_credentials(&self, email: &Email) -> Result<Option<(User, PasswordHash)>, UserError> {
-        let statement = sql("SELECT id, name, email, created_at, updated_at, password_hash FROM users \
+        let statement = sql("SELECT id, name, email, created_at, updated_at, role, password_hash FROM users \
              WHERE lower(email) = lower($1)")
         .bind(email.as_str().to_string());
         let row: Option<CredentialRow> = self.client.query_optional(statement).await.map_err(read_error)?;
-        row.map(|(id, name, email, created, updated, hash)| {
-            Ok((to_user((id, name, email, created, updated))?, PasswordHash::from_stored(hash)))
+        row.map(|(id, name, email, created, updated, role, hash)| {
+            Ok((to_user((id, name, email, created, updated, role))?, PasswordHash::from_stored(hash)))
         })
         .transpose()
+    }
+
+    async fn password_hash(&self, id: UserId) -> Result<Option<PasswordHash>, UserError> {
+        let statement = sql("SELECT password_hash FROM users WHERE id = $1").bind(id);
+        let row: Option<(String,)> = self.client.query_optional(statement).await.map_err(read_error)?;
+        Ok(row.map(|(hash,)| PasswordHash::from_stored(hash)))
+    }
+
+    async fn set_role(&self, email: &Email, role: Role) -> Result<Option<User>, UserError> {
+        let statement = sql("UPDATE users SET role = $2, updated_at = now() WHERE lower(email) = lower($1) \
+             RETURNING id, name, email, created_at, updated_at, role")
+        .bind(email.as_str().to_string())
+        .bind(role.as_str());
+        let row: Option<UserRow> = self.client.query_optional(statement).await.map_err(write_error)?;
+        row.map(to_user).transpose()
     }
 
     async fn update(&self, id: UserId, changes: &StoredChanges) -> Result<Option<User>, UserError> {
         let mut tx = self.client.begin().await.map_err(write_error)?;
         let statement = sql("UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
              password_hash = COALESCE($4, password_hash), updated_at = now() WHERE id = $1 \
-             RETURNING id, name, email, created_at, updated_at")
+             RETURNING id, name, email, created_at, updated_at, role")
         .bind(id)
         .bind(changes.name.as_ref().map(|name| name.as_str().to_string()))
         .bind(changes.email.as_ref().map(|email| email.as_str().to_string()))
@@ -105,7 +121,7 @@ impl UserRepository for PostgresUsers {
     }
 
     async fn list(&self, after: Option<UserId>, limit: u32) -> Result<Vec<User>, UserError> {
-        let statement = sql("SELECT id, name, email, created_at, updated_at FROM users \
+        let statement = sql("SELECT id, name, email, created_at, updated_at, role FROM users \
              WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2")
         .bind(after)
         .bind(i64::from(limit));
@@ -178,11 +194,12 @@ fn to_event(event: &UserEvent) -> Result<Event, UserError> {
         key: EventKey::try_from(event.user_id.to_string()).map_err(invalid)?,
         data: event.data.clone(),
         occurred_at: event.occurred_at,
+        publisher: None,
     })
 }
 
 /// A row back into the domain; a row that does not parse was written by something else.
-fn to_user((id, name, email, created_at, updated_at): UserRow) -> Result<User, UserError> {
+fn to_user((id, name, email, created_at, updated_at, role): UserRow) -> Result<User, UserError> {
     let corrupt = |what: &str| UserError::Internal(format!("users row {id}: {what}"));
     Ok(User {
         id,
@@ -190,6 +207,7 @@ fn to_user((id, name, email, created_at, updated_at): UserRow) -> Result<User, U
         email: Email::try_from(email).map_err(|_| corrupt("bad email"))?,
         created_at,
         updated_at,
+        role: Role::from_stored(&role),
     })
 }
 

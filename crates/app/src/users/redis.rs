@@ -48,23 +48,41 @@ impl UserCache for RedisUserCache {
     }
 }
 
-/// Login sessions in Redis with a sliding TTL.
+/// Login sessions in Redis: a sliding TTL (`SESSION_TTL`, renewed by each use) within an absolute lifetime
+/// (`SESSION_MAX_LIFETIME` from sign-in, renewals or not), indexed by user so that all of a user's sessions can
+/// be ended at once.
 #[derive(Clone, Debug)]
 pub struct RedisSessions {
     store: infra::redis::RedisSessionStore,
+    max_lifetime: Duration,
+}
+
+/// What a session holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SessionData {
+    /// The signed-in user.
+    user: UserId,
+    /// When they signed in (Unix seconds): the absolute lifetime counts from here.
+    started: i64,
 }
 
 impl RedisSessions {
-    /// Sessions in `redis` that expire `ttl` after their last use.
-    pub fn new(redis: RedisClient, ttl: Duration) -> Self {
-        RedisSessions { store: infra::redis::RedisSessionStore::new(redis, "session", ttl) }
+    /// Sessions in `redis` that expire `ttl` after their last use, and `max_lifetime` after sign-in at the latest.
+    pub fn new(redis: RedisClient, ttl: Duration, max_lifetime: Duration) -> Self {
+        RedisSessions { store: infra::redis::RedisSessionStore::new(redis, "session", ttl), max_lifetime }
+    }
+
+    fn expired(&self, data: &SessionData) -> bool {
+        let age = time::OffsetDateTime::now_utc().unix_timestamp().saturating_sub(data.started);
+        u64::try_from(age).map_or(true, |age| age >= self.max_lifetime.as_secs())
     }
 }
 
 #[async_trait]
 impl SessionStore for RedisSessions {
     async fn create(&self, user: UserId) -> Result<SessionToken, UserError> {
-        let id = self.store.create(&user).await.map_err(session_error)?;
+        let data = SessionData { user, started: time::OffsetDateTime::now_utc().unix_timestamp() };
+        let id = self.store.create_for(&user.to_string(), &data, self.max_lifetime).await.map_err(session_error)?;
         Ok(SessionToken::new(id.expose().to_string()))
     }
 
@@ -73,11 +91,18 @@ impl SessionStore for RedisSessions {
         let Some(id) = SessionId::parse(token.expose()) else {
             return Ok(None);
         };
-        let user = self.store.load::<UserId>(&id).await.map_err(session_error)?;
-        if user.is_some() {
-            self.store.touch(&id).await.map_err(session_error)?;
+        // A session from before the absolute lifetime existed does not parse: it is simply over.
+        let data = match self.store.load::<SessionData>(&id).await {
+            Ok(Some(data)) => data,
+            Ok(None) | Err(RedisError::Conversion(_)) => return Ok(None),
+            Err(err) => return Err(session_error(err)),
+        };
+        if self.expired(&data) {
+            self.store.delete(&id).await.map_err(session_error)?;
+            return Ok(None);
         }
-        Ok(user)
+        self.store.touch(&id).await.map_err(session_error)?;
+        Ok(Some(data.user))
     }
 
     async fn end(&self, token: &SessionToken) -> Result<(), UserError> {
@@ -85,6 +110,10 @@ impl SessionStore for RedisSessions {
             self.store.delete(&id).await.map_err(session_error)?;
         }
         Ok(())
+    }
+
+    async fn end_all(&self, user: UserId) -> Result<(), UserError> {
+        self.store.delete_all_of(&user.to_string()).await.map_err(session_error).map(drop)
     }
 }
 

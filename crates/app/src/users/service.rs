@@ -5,8 +5,8 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{
-    Activity, ActivityCursor, Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher,
-    SessionStore, SessionToken, StoredChanges, User, UserError, UserId, UserRepository,
+    Activity, ActivityCursor, Actor, Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher,
+    SessionStore, SessionToken, Role, StoredChanges, User, UserError, UserId, UserRepository,
 };
 
 /// The most users one page may hold.
@@ -35,6 +35,9 @@ pub struct UserChanges {
     pub email: Option<String>,
     /// New `password`.
     pub password: Option<String>,
+    /// The acting user's current password: required to change `email` or `password` (someone who found a
+    /// signed-in browser cannot take the account over).
+    pub current_password: Option<String>,
 }
 
 /// The users use cases over their ports. Cheap to clone.
@@ -62,7 +65,21 @@ impl Users {
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = self.hasher.hash(&password).await?;
-        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash }).await
+        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::User }).await
+    }
+
+    /// Registers the first (or another) admin, for `rust-app users create-admin`: there is no default admin
+    /// password, and no HTTP route grants the role.
+    pub async fn register_admin(&self, input: Credentials) -> Result<User, UserError> {
+        let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
+        let password_hash = self.hasher.hash(&password).await?;
+        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::Admin }).await
+    }
+
+    /// Makes the registered user with `email` an admin, for `rust-app users create-admin --promote`.
+    pub async fn promote(&self, email: &str) -> Result<User, UserError> {
+        let email = Email::try_from(email.to_string()).map_err(|m| UserError::Invalid(vec![FieldError::new("email", m)]))?;
+        self.repository.set_role(&email, Role::Admin).await?.ok_or(UserError::NotFound)
     }
 
     /// The user.
@@ -70,36 +87,57 @@ impl Users {
         self.repository.find(id).await?.ok_or(UserError::NotFound)
     }
 
-    /// Changes the given fields; at least one must be given.
-    pub async fn update(&self, id: UserId, input: UserChanges) -> Result<User, UserError> {
+    /// Changes the given fields of user `id` on behalf of `actor` (who manages it); at least one must be given.
+    /// A new email or password needs the actor's current password, and ends every session of the user.
+    pub async fn update(&self, actor: Actor, id: UserId, input: UserChanges) -> Result<User, UserError> {
         let mut errors = Vec::new();
         let name = input.name.and_then(|raw| field(&mut errors, "name", Some(raw), Name::try_from));
         let email = input.email.and_then(|raw| field(&mut errors, "email", Some(raw), Email::try_from));
         let password = input.password.and_then(|raw| field(&mut errors, "password", Some(raw), Password::parse));
+        let sensitive = email.is_some() || password.is_some();
+        let current = match input.current_password {
+            Some(raw) => field(&mut errors, "current_password", Some(raw), Password::candidate),
+            None if sensitive => field(&mut errors, "current_password", None, Password::candidate),
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(UserError::Invalid(errors));
         }
-        if name.is_none() && email.is_none() && password.is_none() {
+        if name.is_none() && !sensitive {
             return Err(UserError::Invalid(vec![FieldError::new(
                 "body",
                 "give at least one of name, email, password",
             )]));
         }
+        // Hashing is the expensive part: nothing is hashed for a user that does not exist.
+        self.repository.find(id).await?.ok_or(UserError::NotFound)?;
+        if let Some(current) = current.filter(|_| sensitive) {
+            self.confirm_password(actor.id, &current).await?;
+        }
         let password_hash = match password {
-            // Hashing is the expensive part: a change for a user that does not exist costs no hash.
-            Some(password) => {
-                self.repository.find(id).await?.ok_or(UserError::NotFound)?;
-                Some(self.hasher.hash(&password).await?)
-            }
+            Some(password) => Some(self.hasher.hash(&password).await?),
             None => None,
         };
         let changes = StoredChanges { name, email, password_hash };
-        self.repository.update(id, &changes).await?.ok_or(UserError::NotFound)
+        let updated = self.repository.update(id, &changes).await?.ok_or(UserError::NotFound)?;
+        if sensitive {
+            self.sessions.end_all(id).await?;
+        }
+        Ok(updated)
     }
 
-    /// Deletes the user.
+    /// Checks `password` against the stored hash of `user`.
+    async fn confirm_password(&self, user: UserId, password: &Password) -> Result<(), UserError> {
+        let hash = self.repository.password_hash(user).await?.ok_or(UserError::Unauthenticated)?;
+        if self.hasher.verify(&hash, password).await? { Ok(()) } else { Err(UserError::WrongCurrentPassword) }
+    }
+
+    /// Deletes the user and ends every session of theirs.
     pub async fn delete(&self, id: UserId) -> Result<(), UserError> {
-        if self.repository.delete(id).await? { Ok(()) } else { Err(UserError::NotFound) }
+        if !self.repository.delete(id).await? {
+            return Err(UserError::NotFound);
+        }
+        self.sessions.end_all(id).await
     }
 
     /// A page of users after `cursor` (the previous page's `next_cursor`).
@@ -127,9 +165,14 @@ impl Users {
         Ok(page(items, limit, encode_activity_cursor))
     }
 
-    /// Checks email and password and starts a session. Unknown email and wrong password are the same error
-    /// and take the same time.
-    pub async fn login(&self, input: Credentials) -> Result<(User, SessionToken), UserError> {
+    /// Checks email and password and starts a new session, ending `previous` (the session the client
+    /// carried, if any: a fresh id at every login, so an id planted before login is worth nothing). Unknown
+    /// email and wrong password are the same error and take the same time.
+    pub async fn login(
+        &self,
+        input: Credentials,
+        previous: Option<&SessionToken>,
+    ) -> Result<(User, SessionToken), UserError> {
         let mut errors = Vec::new();
         let email = field(&mut errors, "email", input.email, Email::try_from);
         let password = field(&mut errors, "password", input.password, Password::candidate);
@@ -143,20 +186,25 @@ impl Users {
         if !self.hasher.verify(&hash, &password).await? {
             return Err(UserError::InvalidCredentials);
         }
+        if let Some(previous) = previous {
+            self.sessions.end(previous).await?;
+        }
         let token = self.sessions.create(user.id).await?;
         Ok((user, token))
     }
 
-    /// The signed-in user of `token`. A session whose user was deleted is ended.
-    pub async fn me(&self, token: Option<&SessionToken>) -> Result<User, UserError> {
-        let token = token.ok_or(UserError::Unauthenticated)?;
-        let id = self.sessions.user_of(token).await?.ok_or(UserError::Unauthenticated)?;
-        match self.get(id).await {
-            Err(UserError::NotFound) => {
+    /// The signed-in user of `token`, or `None` when the session is unknown, expired or its user deleted (that
+    /// session is then ended).
+    pub async fn authenticate(&self, token: &SessionToken) -> Result<Option<User>, UserError> {
+        let Some(id) = self.sessions.user_of(token).await? else {
+            return Ok(None);
+        };
+        match self.repository.find(id).await? {
+            Some(user) => Ok(Some(user)),
+            None => {
                 self.sessions.end(token).await?;
-                Err(UserError::Unauthenticated)
+                Ok(None)
             }
-            other => other,
         }
     }
 
@@ -166,6 +214,11 @@ impl Users {
             Some(token) => self.sessions.end(token).await,
             None => Ok(()),
         }
+    }
+
+    /// Ends every session of `user`, on every device.
+    pub async fn logout_everywhere(&self, user: UserId) -> Result<(), UserError> {
+        self.sessions.end_all(user).await
     }
 }
 

@@ -87,6 +87,7 @@ fn user_event(kind: &str, key: &str, data: Value, start: OffsetDateTime, n: i64)
         key: EventKey::try_from(key.to_string()).expect("key"),
         data,
         occurred_at: start + time::Duration::milliseconds(n),
+        publisher: None,
     }
 }
 

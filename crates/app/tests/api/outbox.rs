@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app::users::postgres::PostgresUsers;
-use app::users::{Email, Name, NewUser, PasswordHash, StoredChanges, UserRepository};
+use app::users::{Email, Name, NewUser, PasswordHash, Role, StoredChanges, UserRepository};
 use async_trait::async_trait;
 use infra::config::Sources;
 use infra::kafka::{Handler, HandlerError, KafkaClient, KafkaConfig, KafkaConsumer, KafkaProducer, Record};
@@ -69,6 +69,7 @@ async fn write_users(client: &PostgresClient, users: usize, renames: usize) {
             name: Name::try_from(format!("User {n}")).expect("name"),
             email: Email::try_from(format!("{tag}-{n}@example.com")).expect("email"),
             password_hash: PasswordHash::from_stored("x".into()),
+            role: Role::User,
         };
         ids.push(repository.create(&user).await.expect("user created").id);
     }

@@ -173,6 +173,20 @@ impl RedisClient {
         self.run("PEXPIRE", Some(key), Idempotent::Yes, cmd).await
     }
 
+    /// `SADD key member...`: how many members were new.
+    pub async fn sadd(&self, key: &str, members: &[&str]) -> Result<u64, RedisError> {
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(key).arg(members);
+        self.run("SADD", Some(key), Idempotent::Yes, cmd).await
+    }
+
+    /// `SMEMBERS key`: every member of the set (none for a missing key).
+    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(key);
+        self.run("SMEMBERS", Some(key), Idempotent::Yes, cmd).await
+    }
+
     /// Stores `value` as JSON.
     pub async fn set_json<V: serde::Serialize>(&self, key: &str, value: &V, ttl: Duration) -> Result<(), RedisError> {
         let json = serde_json::to_vec(value).map_err(|err| RedisError::Conversion(err.to_string()))?;

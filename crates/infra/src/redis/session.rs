@@ -65,6 +65,37 @@ impl RedisSessionStore {
         Ok(id)
     }
 
+    /// Creates a session holding `data` for `owner` (a user id, say), recorded in the owner's index so that
+    /// [`RedisSessionStore::delete_all_of`] can end every session of theirs (password changed, account deleted, "sign
+    /// out everywhere"). The index lives as long as `max_lifetime`, the longest any of its sessions may live.
+    pub async fn create_for<T: Serialize>(
+        &self,
+        owner: &str,
+        data: &T,
+        max_lifetime: Duration,
+    ) -> Result<SessionId, RedisError> {
+        let id = SessionId::generate()?;
+        let digest = digest(&id);
+        let index = self.index_key(owner);
+        // Indexed first: a session that exists is always findable by its owner.
+        self.redis.sadd(&index, &[&digest]).await?;
+        self.redis.expire(&index, max_lifetime.max(self.ttl)).await?;
+        self.redis.set_json(&self.key_of_digest(&digest), data, self.ttl).await?;
+        Ok(id)
+    }
+
+    /// Ends every session created for `owner` with [`RedisSessionStore::create_for`]; the number ended.
+    pub async fn delete_all_of(&self, owner: &str) -> Result<u64, RedisError> {
+        let index = self.index_key(owner);
+        let mut ended = 0;
+        // One key per command: the sessions may live on different nodes of a Redis Cluster.
+        for digest in self.redis.smembers(&index).await? {
+            ended += self.redis.del(&[&self.key_of_digest(&digest)]).await?;
+        }
+        self.redis.del(&[&index]).await?;
+        Ok(ended)
+    }
+
     /// The session's data, or `None` when it does not exist or expired.
     pub async fn load<T: DeserializeOwned>(&self, id: &SessionId) -> Result<Option<T>, RedisError> {
         self.redis.get_json(&self.key(id)).await
@@ -81,8 +112,22 @@ impl RedisSessionStore {
     }
 
     fn key(&self, id: &SessionId) -> String {
-        format!("{}:{}", self.prefix, hex::encode(Sha256::digest(id.0.as_bytes())))
+        self.key_of_digest(&digest(id))
     }
+
+    fn key_of_digest(&self, digest: &str) -> String {
+        format!("{}:{digest}", self.prefix)
+    }
+
+    /// The owner's index holds digests of ids, never ids: a dump of it gives nobody a usable session.
+    fn index_key(&self, owner: &str) -> String {
+        format!("{}-of:{owner}", self.prefix)
+    }
+}
+
+/// The SHA-256 of the id, hex-encoded: what Redis keys and indexes hold instead of the id.
+fn digest(id: &SessionId) -> String {
+    hex::encode(Sha256::digest(id.0.as_bytes()))
 }
 
 #[cfg(test)]

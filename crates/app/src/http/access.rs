@@ -1,0 +1,154 @@
+//! Access control: who may call each API route, decided in one place.
+//!
+//! Every API route is declared with an [`Access`] in `http::api_routes`, and the API router is built from those
+//! declarations only, so a route cannot exist without a decision. [`authorize`] runs before the handler: it
+//! identifies the caller (the session cookie, or `Authorization: Bearer <session id>` for API clients), checks
+//! the route's rule, and hands the handler a [`Caller`].
+//!
+//! Refusals: no or unknown credentials → 401 `unauthenticated`; a signed-in user asking for another user's
+//! account → 404 `user-not-found` (the same answer as for an id that does not exist, so ids of other accounts
+//! cannot be probed); a signed-in non-admin on an admin route → 403 `forbidden` (the route exists for
+//! everyone, only the role is missing). Resource-level rules that need the resource (an event is readable by
+//! its publisher or an admin) are answered by the handler with the same [`crate::users::Actor`] questions.
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::CookieJar;
+
+use super::AppState;
+use super::problem::Problem;
+use super::users::user_problem;
+use crate::users::{Actor, SessionToken, User, UserError, UserId};
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: registration, login, logout, the API's description.
+    Public,
+    /// Any signed-in user.
+    SignedIn,
+    /// The user named by the path's `{id}`, or an admin.
+    OwnerOrAdmin,
+    /// Admins only.
+    Admin,
+}
+
+/// The signed-in caller of a non-public route, as [`authorize`] identified it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The signed-in user, as stored now (role included).
+    pub user: User,
+    /// The session that identified them.
+    pub token: SessionToken,
+}
+
+impl Caller {
+    /// What the caller may do.
+    pub fn actor(&self) -> Actor {
+        Actor::of(&self.user)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    /// The caller [`authorize`] identified; on a route declared [`Access::Public`] there is none, and asking
+    /// for one is answered as "not signed in" rather than trusted.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| user_problem(UserError::Unauthenticated).into_response())
+    }
+}
+
+/// The session a request carries: `Authorization: Bearer <id>` if present, else the session cookie.
+pub fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<SessionToken> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(str::trim);
+    match bearer {
+        Some(token) => Some(SessionToken::new(token.to_string())),
+        None => CookieJar::from_headers(headers)
+            .get(cookie_name)
+            .map(|cookie| SessionToken::new(cookie.value().to_string())),
+    }
+}
+
+/// Applies `access` to the request: identifies the caller and checks the rule before the handler runs.
+pub async fn authorize(
+    State((state, access)): State<(AppState, Access)>,
+    path: RawPathParams,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if access == Access::Public {
+        return next.run(request).await;
+    }
+    let caller = match identify(&state, request.headers()).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let actor = caller.actor();
+    let allowed = match access {
+        Access::Public | Access::SignedIn => true,
+        // A path id that is not a UUID is nobody's: the handler answers it with 400 invalid-id.
+        Access::OwnerOrAdmin => path_id(&path).is_none_or(|id| actor.manages(id)),
+        Access::Admin => actor.is_admin(),
+    };
+    if !allowed {
+        return refusal(access).into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The signed-in caller, or the response refusing the request (401, or 503 when sessions cannot be read).
+async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let unauthenticated = || user_problem(UserError::Unauthenticated).into_response();
+    let token = session_token(headers, &state.cookie.name).ok_or_else(unauthenticated)?;
+    match state.users.authenticate(&token).await {
+        Ok(Some(user)) => Ok(Caller { user, token }),
+        Ok(None) => Err(unauthenticated()),
+        Err(err) => Err(user_problem(err).into_response()),
+    }
+}
+
+fn path_id(path: &RawPathParams) -> Option<UserId> {
+    path.iter().find(|(name, _)| *name == "id").and_then(|(_, value)| value.parse().ok())
+}
+
+/// The answer to a signed-in caller the rule does not admit.
+fn refusal(access: Access) -> Problem {
+    match access {
+        Access::Admin => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("this route is for administrators"),
+        _ => user_problem(UserError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn a_bearer_token_wins_over_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("rust_app_session=from-cookie"));
+        assert_eq!(session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()), Some("from-cookie".into()));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer from-header"));
+        assert_eq!(session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()), Some("from-header".into()));
+        assert!(session_token(&HeaderMap::new(), "rust_app_session").is_none());
+    }
+
+    #[test]
+    fn other_schemes_are_not_sessions() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwdw=="));
+        assert!(session_token(&headers, "rust_app_session").is_none());
+    }
+}
