@@ -219,7 +219,7 @@ impl Application {
 }
 
 /// The users use cases over PostgreSQL (users, outbox) and Redis (cache, sessions).
-fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) -> Users {
+pub(crate) fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) -> Users {
     let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
     Users::new(
         Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres.clone()), cache)),

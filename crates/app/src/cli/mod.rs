@@ -4,6 +4,7 @@ mod config;
 mod dlq;
 mod migrate;
 mod serve;
+mod users;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ use tokio::runtime::Runtime;
 
 pub use config::render_effective_config;
 pub use dlq::DlqAction;
+pub use users::UsersAction;
 
 use crate::settings::Settings;
 
@@ -44,6 +46,12 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Manage users from the command line (the first administrator).
+    Users {
+        /// create-admin.
+        #[command(subcommand)]
+        action: UsersAction,
+    },
 }
 
 /// Runs the command `cli` names (`serve` when none) with the configuration of the environment and ./.env; an
@@ -64,6 +72,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::run(settings),
         Command::Migrate => migrate::run(&settings.config),
         Command::Dlq { action } => dlq::run(&settings.config, action),
+        Command::Users { action } => users::run(&settings, action),
     }
 }
 

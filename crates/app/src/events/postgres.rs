@@ -23,17 +23,18 @@ type Row = (String, String, String, String, String, i32, i64, time::OffsetDateTi
 #[async_trait]
 impl EventLog for PostgresEventLog {
     async fn record(&self, entry: &LoggedEvent) -> Result<bool, PortError> {
-        let statement = sql("INSERT INTO event_log (id, type, key, data, topic, partition, \"offset\", occurred_at, publisher) \
+        let statement =
+            sql("INSERT INTO event_log (id, type, key, data, topic, partition, \"offset\", occurred_at, publisher) \
              VALUES ($1::uuid, $2, $3, $4::jsonb, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING")
-        .bind(entry.event.id.to_string())
-        .bind(entry.event.kind.as_str().to_string())
-        .bind(entry.event.key.as_str().to_string())
-        .bind(entry.event.data.to_string())
-        .bind(entry.origin.topic.clone())
-        .bind(entry.origin.partition)
-        .bind(entry.origin.offset)
-        .bind(entry.event.occurred_at)
-        .bind(entry.event.publisher);
+            .bind(entry.event.id.to_string())
+            .bind(entry.event.kind.as_str().to_string())
+            .bind(entry.event.key.as_str().to_string())
+            .bind(entry.event.data.to_string())
+            .bind(entry.origin.topic.clone())
+            .bind(entry.origin.partition)
+            .bind(entry.origin.offset)
+            .bind(entry.event.occurred_at)
+            .bind(entry.event.publisher);
         let inserted = self.client.exec(statement).await?;
         Ok(inserted == 1)
     }
@@ -50,7 +51,9 @@ impl EventLog for PostgresEventLog {
 }
 
 /// A row back into the domain; a row that does not parse means the table was written by something else.
-fn logged_event((id, kind, key, data, topic, partition, offset, occurred_at, publisher): Row) -> Result<LoggedEvent, PortError> {
+fn logged_event(
+    (id, kind, key, data, topic, partition, offset, occurred_at, publisher): Row,
+) -> Result<LoggedEvent, PortError> {
     let corrupt = |what: &str| PortError::failed(format!("event_log row {id}: {what}"));
     let event = Event {
         id: id.parse().map_err(|_| corrupt("bad id"))?,

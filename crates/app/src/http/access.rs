@@ -58,7 +58,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     /// The caller [`authorize`] identified; on a route declared [`Access::Public`] there is none, and asking
     /// for one is answered as "not signed in" rather than trusted.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| user_problem(UserError::Unauthenticated).into_response())
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| user_problem(UserError::Unauthenticated).into_response())
     }
 }
 
@@ -123,8 +127,9 @@ fn path_id(path: &RawPathParams) -> Option<UserId> {
 /// The answer to a signed-in caller the rule does not admit.
 fn refusal(access: Access) -> Problem {
     match access {
-        Access::Admin => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            .detail("this route is for administrators"),
+        Access::Admin => {
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("this route is for administrators")
+        }
         _ => user_problem(UserError::NotFound),
     }
 }
@@ -139,9 +144,15 @@ mod tests {
     fn a_bearer_token_wins_over_the_cookie() {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("rust_app_session=from-cookie"));
-        assert_eq!(session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()), Some("from-cookie".into()));
+        assert_eq!(
+            session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()),
+            Some("from-cookie".into())
+        );
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer from-header"));
-        assert_eq!(session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()), Some("from-header".into()));
+        assert_eq!(
+            session_token(&headers, "rust_app_session").map(|t| t.expose().to_string()),
+            Some("from-header".into())
+        );
         assert!(session_token(&HeaderMap::new(), "rust_app_session").is_none());
     }
 

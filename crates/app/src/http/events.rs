@@ -91,7 +91,9 @@ pub async fn find(State(state): State<AppState>, caller: Caller, IdPath(id): IdP
     let actor = caller.actor();
     match state.event_log.find(id).await {
         // Someone else's event is answered like a missing one: ids of other users' events cannot be probed.
-        Ok(Some(logged)) if actor.is_admin() || logged.event.publisher == Some(actor.id) => Json(logged).into_response(),
+        Ok(Some(logged)) if actor.is_admin() || logged.event.publisher == Some(actor.id) => {
+            Json(logged).into_response()
+        }
         Ok(_) => Problem::new(StatusCode::NOT_FOUND, "event-not-found", "Event not found")
             .detail("no event with this id has been recorded (yet)")
             .into_response(),

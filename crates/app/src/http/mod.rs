@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use infra::health::HealthRegistry;
 use infra::redis::{Limit, RateLimiter};
@@ -130,8 +130,7 @@ fn api_router(state: AppState) -> Router<AppState> {
         routes = routes.route(route.path, route.handler.layer(rule));
     }
     // Outside the request's limits: the rate limit answers before any work.
-    handled(routes.fallback(problem::not_found), requests)
-        .layer(from_fn_with_state(state, rate_limit::limit_per_ip))
+    handled(routes.fallback(problem::not_found), requests).layer(from_fn_with_state(state, rate_limit::limit_per_ip))
 }
 
 /// An API route: method and path, who may call it, and its handler.

@@ -13,9 +13,9 @@ use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;

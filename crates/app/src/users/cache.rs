@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 
 use super::{
-    Activity, ActivityCursor, Email, NewUser, PasswordHash, Role, StoredChanges, User, UserCache, UserError, UserId, UserRepository,
+    Activity, ActivityCursor, Email, NewUser, PasswordHash, Role, StoredChanges, User, UserCache, UserError, UserId,
+    UserRepository,
 };
 
 /// `repository` with `cache` in front: [`UserRepository::find`] is cache-aside, `update` and `delete` drop the

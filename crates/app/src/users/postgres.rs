@@ -6,8 +6,8 @@ use infra::postgres::{PostgresClient, PostgresError, Transaction, sql};
 use time::OffsetDateTime;
 
 use super::{
-    Activity, ActivityCursor, Email, Role, Name, NewUser, PasswordHash, StoredChanges, User, UserError, UserEvent, UserId,
-    UserRepository,
+    Activity, ActivityCursor, Email, Name, NewUser, PasswordHash, Role, StoredChanges, User, UserError, UserEvent,
+    UserId, UserRepository,
 };
 use crate::events::{Event, EventKey, EventType};
 use crate::port::PortError;

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::{
     Activity, ActivityCursor, Actor, Email, FieldError, HashingLimits, Name, NewUser, Page, Password, PasswordHasher,
-    SessionStore, SessionToken, Role, StoredChanges, User, UserError, UserId, UserRepository,
+    Role, SessionStore, SessionToken, StoredChanges, User, UserError, UserId, UserRepository,
 };
 
 /// The most users one page may hold.
@@ -65,7 +65,9 @@ impl Users {
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = self.hasher.hash(&password).await?;
-        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::User }).await
+        self.repository
+            .create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::User })
+            .await
     }
 
     /// Registers the first (or another) admin, for `rust-app users create-admin`: there is no default admin
@@ -73,12 +75,15 @@ impl Users {
     pub async fn register_admin(&self, input: Credentials) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = self.hasher.hash(&password).await?;
-        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::Admin }).await
+        self.repository
+            .create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::Admin })
+            .await
     }
 
     /// Makes the registered user with `email` an admin, for `rust-app users create-admin --promote`.
     pub async fn promote(&self, email: &str) -> Result<User, UserError> {
-        let email = Email::try_from(email.to_string()).map_err(|m| UserError::Invalid(vec![FieldError::new("email", m)]))?;
+        let email =
+            Email::try_from(email.to_string()).map_err(|m| UserError::Invalid(vec![FieldError::new("email", m)]))?;
         self.repository.set_role(&email, Role::Admin).await?.ok_or(UserError::NotFound)
     }
 

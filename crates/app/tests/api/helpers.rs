@@ -25,7 +25,10 @@ pub fn postgres_config(dsn: &str, overrides: &[(&str, &str)]) -> PostgresConfig 
 /// The service running in this process, stopped when dropped.
 pub struct TestApp {
     pub address: String,
+    /// Sends requests anonymously, or as the admin for [`spawn_admin_app`].
     pub client: reqwest::Client,
+    /// The app's PostgreSQL settings, for tests that look behind its back.
+    pub postgres: PostgresConfig,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -44,6 +47,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     ];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
+    let postgres = settings.config.postgres.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = Application::build_with_listener(settings, listener).await.expect("app builds");
     let address = format!("http://{}", app.local_addr().expect("addr"));
@@ -51,7 +55,31 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let handle = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    TestApp { address, client: reqwest::Client::new(), stop: Some(stop), handle: Some(handle) }
+    TestApp { address, client: reqwest::Client::new(), postgres, stop: Some(stop), handle: Some(handle) }
+}
+
+/// The password every test account gets.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A signed-in account of a test app.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    /// The session id, for `Authorization: Bearer`.
+    pub token: String,
+}
+
+/// Like [`spawn_app`], with `client` signed in as a fresh admin (Bearer token): for tests about what the API
+/// does rather than who may call it.
+pub async fn spawn_admin_app(overrides: &[(&str, &str)]) -> TestApp {
+    let mut app = spawn_app(overrides).await;
+    let admin = app.sign_up_admin().await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", admin.token);
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("header value"));
+    app.client = reqwest::Client::builder().default_headers(headers).build().expect("client");
+    app
 }
 
 impl TestApp {
@@ -83,6 +111,60 @@ impl TestApp {
         let response = self.post_json("/users", &body).await;
         assert_eq!(response.status(), 201, "user created");
         response.json().await.expect("JSON user")
+    }
+
+    /// Registers a user with a unique email and signs them in.
+    pub async fn sign_up(&self, name: &str) -> Account {
+        let email = format!("{}@example.com", unique("user"));
+        let body = serde_json::json!({"name": name, "email": email, "password": PASSWORD});
+        let response = reqwest::Client::new().post(format!("{}/users", self.address)).json(&body).send().await;
+        let response = response.expect("request sent");
+        assert_eq!(response.status(), 201, "user created");
+        let user: serde_json::Value = response.json().await.expect("JSON user");
+        let id = user["id"].as_str().expect("id").to_string();
+        let token = self.sign_in(&email, PASSWORD).await.expect("signed in");
+        Account { id, email, token }
+    }
+
+    /// Registers an admin (promoted in PostgreSQL, as `rust-app users create-admin --promote` does) and signs
+    /// them in.
+    pub async fn sign_up_admin(&self) -> Account {
+        let account = self.sign_up("Admin").await;
+        let postgres = infra::postgres::PostgresClient::connect_lazy(&self.postgres).expect("client");
+        let promote =
+            infra::postgres::sql("UPDATE users SET role = 'admin' WHERE id = $1::uuid").bind(account.id.clone());
+        assert_eq!(postgres.exec(promote).await.expect("promoted"), 1);
+        postgres.close().await;
+        // The user was not read through the cache yet, so nothing stale holds the old role.
+        account
+    }
+
+    /// Signs in; the session id, or the status of the refusal.
+    pub async fn sign_in(&self, email: &str, password: &str) -> Result<String, u16> {
+        let body = serde_json::json!({"email": email, "password": password});
+        let response = reqwest::Client::new().post(format!("{}/sessions", self.address)).json(&body).send().await;
+        let response = response.expect("request sent");
+        if response.status() != 201 {
+            return Err(response.status().as_u16());
+        }
+        let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("session cookie");
+        let cookie = cookie.to_str().expect("ascii");
+        let value = cookie.split(';').next().and_then(|pair| pair.split_once('=')).map(|(_, v)| v.to_string());
+        Ok(value.expect("cookie value"))
+    }
+
+    /// A request with `method` to `path` as `account` (or anonymously).
+    pub fn request_as(
+        &self,
+        account: Option<&Account>,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = reqwest::Client::new().request(method, format!("{}{path}", self.address));
+        match account {
+            Some(account) => request.bearer_auth(&account.token),
+            None => request,
+        }
     }
 
     /// Polls `path` until `done` accepts the answer, for at most `limit`.
