@@ -59,8 +59,10 @@ pub struct SessionSettings {
     /// `SESSION_COOKIE_SECURE`: mark the cookie `Secure` (sent over HTTPS only). Off by default so the local
     /// walk-through over plain HTTP works; turn it on behind TLS.
     pub cookie_secure: bool,
-    /// `LOGIN_RATE_LIMIT`: login attempts admitted per client IP and account per minute.
+    /// `LOGIN_RATE_LIMIT`: login attempts admitted per client IP (IPv6: per /64) and account per minute.
     pub login_attempts_per_minute: u32,
+    /// `LOGIN_ACCOUNT_RATE_LIMIT`: login attempts admitted per account per minute, from all addresses together.
+    pub account_login_attempts_per_minute: u32,
 }
 
 /// The user read cache.
@@ -152,6 +154,7 @@ impl SessionSettings {
             }),
             cookie_secure: r.bool("SESSION_COOKIE_SECURE", false),
             login_attempts_per_minute: r.int("LOGIN_RATE_LIMIT", 5, 1, 10_000),
+            account_login_attempts_per_minute: r.int("LOGIN_ACCOUNT_RATE_LIMIT", 20, 1, 100_000),
         }
     }
 }

@@ -38,6 +38,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     canonical(client)
 }
 
+/// What a client address is limited as: an IPv4 address alone, an IPv6 address by its /64. One IPv6 subscriber
+/// usually gets a whole /64 (or more) and can pick a fresh address in it for every request: limiting single IPv6
+/// addresses would limit nobody.
+pub fn limit_subject(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64).map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, seen on dual-stack sockets) as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -78,6 +88,15 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         assert_eq!(client_ip(ip("10.0.0.2"), &forwarded("garbage"), &trusted), ip("10.0.0.2"));
         assert_eq!(client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64_and_ipv4_per_address() {
+        assert_eq!(limit_subject(ip("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
+        assert_eq!(limit_subject(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), "2001:db8:1:2::/64");
+        assert_ne!(limit_subject(ip("2001:db8:1:3::1")), limit_subject(ip("2001:db8:1:2::1")));
+        assert_eq!(limit_subject(ip("10.0.0.1")), "10.0.0.1");
+        assert_eq!(limit_subject(ip("::ffff:10.0.0.1")), "10.0.0.1");
     }
 
     #[test]

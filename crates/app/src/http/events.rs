@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::access::Caller;
-use super::client_ip::ClientIp;
+use super::client_ip::{ClientIp, limit_subject};
 use super::extract::IdPath;
 use super::problem::Problem;
 use super::rate_limit::too_many_requests;
@@ -41,7 +41,7 @@ pub async fn publish(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
     // The client as the per-IP middleware attributed it (behind a trusted proxy: the forwarded address).
-    let client = client.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(ip))| ip.to_string());
+    let client = client.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(ip))| limit_subject(ip));
     let decision = state.publish_limiter.check(&client, PUBLISH_LIMIT).await;
     if !decision.allowed {
         return too_many_requests(

@@ -83,8 +83,12 @@ pub struct Limits {
     pub limiter: RateLimiter,
     /// Every API route, per client IP.
     pub per_ip: Limit,
-    /// Logins, per client IP and account.
+    /// Counts login attempts; always fails closed (a login cannot succeed without Redis anyway).
+    pub login_limiter: RateLimiter,
+    /// Logins, per client IP (IPv6: per /64) and account.
     pub login: Limit,
+    /// Logins per account across every address.
+    pub login_per_account: Limit,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
 }

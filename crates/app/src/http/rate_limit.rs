@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use infra::redis::{Decision, Limit};
 
 use super::AppState;
-use super::client_ip::{ClientIp, client_ip};
+use super::client_ip::{ClientIp, client_ip, limit_subject};
 use super::problem::Problem;
 
 /// The per-IP limit of every API route.
@@ -20,7 +20,7 @@ pub fn per_ip_limit(rate_per_second: u32, burst: u32) -> Limit {
     Limit { rate: rate_per_second, period: Duration::from_secs(1), burst }
 }
 
-/// The login limit per client IP and account.
+/// A login limit: `attempts_per_minute`, all of them usable at once.
 pub fn login_limit(attempts_per_minute: u32) -> Limit {
     Limit { rate: attempts_per_minute, period: Duration::from_secs(60), burst: attempts_per_minute }
 }
@@ -35,7 +35,7 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, n
     };
     let client = client_ip(peer, request.headers(), &state.limits.trusted_proxies);
     request.extensions_mut().insert(ClientIp(client));
-    let decision = state.limits.limiter.check(&format!("ip:{client}"), state.limits.per_ip).await;
+    let decision = state.limits.limiter.check(&format!("ip:{}", limit_subject(client)), state.limits.per_ip).await;
     if !decision.allowed {
         return too_many_requests(decision, "too many requests from this address; retry later");
     }

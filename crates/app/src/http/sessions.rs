@@ -21,11 +21,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::access::{Caller, session_token};
 use super::body::object;
-use super::client_ip::ClientIp;
+use super::client_ip::{ClientIp, limit_subject};
 use super::problem::Problem;
 use super::rate_limit::{set_headers, too_many_requests};
 use super::users::{UserBody, user_problem};
 use crate::users::{Credentials, SessionToken, UserError};
+use infra::redis::Decision;
 
 /// How the session cookie is made.
 #[derive(Clone, Debug)]
@@ -76,11 +77,11 @@ pub async fn login(
     if let Some(problem) = fields.problem() {
         return problem.into_response();
     }
-    let client = client.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(ip))| ip.to_string());
-    let decision = state.limits.limiter.check(&login_key(&client, input.email.as_deref()), state.limits.login).await;
-    if !decision.allowed {
-        return too_many_requests(decision, "too many login attempts for this account; retry later");
-    }
+    let client = client.map_or_else(|| "unknown".to_string(), |Extension(ClientIp(ip))| limit_subject(ip));
+    let decision = match login_allowance(&state, &client, input.email.as_deref()).await {
+        Ok(decision) => decision,
+        Err(refusal) => return refusal,
+    };
     let previous = session_token(&headers, &state.cookie.name);
     let mut response = match state.users.login(input, previous.as_ref()).await {
         Ok((user, token)) => {
@@ -162,11 +163,30 @@ fn session_cookie(settings: &CookieSettings, token: &SessionToken) -> Cookie<'st
         .build()
 }
 
-/// The login limiter's key: client IP and account. The email is hashed (lower-cased first, as accounts are
+/// Checks both login limits: per client address and account (`LOGIN_RATE_LIMIT`), and per account across all
+/// addresses (`LOGIN_ACCOUNT_RATE_LIMIT`, against credential stuffing from many addresses). Both fail closed:
+/// without Redis no login can succeed anyway (sessions live there), so an outage is a 503, never a free pass.
+async fn login_allowance(state: &AppState, client: &str, email: Option<&str>) -> Result<Decision, Response> {
+    let limits = &state.limits;
+    let account = account_digest(email);
+    let per_client = limits.login_limiter.check(&format!("login:{client}:{account}"), limits.login).await;
+    let per_account = limits.login_limiter.check(&format!("login-account:{account}"), limits.login_per_account).await;
+    for decision in [per_client, per_account] {
+        if decision.unavailable {
+            return Err(Problem::unavailable("login attempts cannot be counted right now; retry later").into_response());
+        }
+        if !decision.allowed {
+            return Err(too_many_requests(decision, "too many login attempts for this account; retry later"));
+        }
+    }
+    Ok(if per_account.remaining < per_client.remaining { per_account } else { per_client })
+}
+
+/// The account part of the login limiters' keys: the email hashed (lower-cased first, as accounts are
 /// case-insensitive) so no address ends up in Redis keys or command spans.
-fn login_key(client: &str, email: Option<&str>) -> String {
+fn account_digest(email: Option<&str>) -> String {
     let account = email.unwrap_or_default().trim().to_lowercase();
-    format!("login:{client}:{}", hex::encode(&Sha256::digest(account.as_bytes())[..16]))
+    hex::encode(&Sha256::digest(account.as_bytes())[..16])
 }
 
 #[cfg(test)]
@@ -175,9 +195,9 @@ mod tests {
 
     #[test]
     fn login_keys_ignore_case_and_hide_the_address() {
-        let key = login_key("10.0.0.1", Some(" Ada@Example.com"));
-        assert_eq!(key, login_key("10.0.0.1", Some("ada@example.com")));
-        assert_ne!(key, login_key("10.0.0.2", Some("ada@example.com")));
+        let key = account_digest(Some(" Ada@Example.com"));
+        assert_eq!(key, account_digest(Some("ada@example.com")));
+        assert_ne!(key, account_digest(Some("bob@example.com")));
         assert!(!key.contains("ada"));
     }
 

@@ -7,6 +7,7 @@ mod dlq;
 mod events;
 mod health;
 mod helpers;
+mod login_limits;
 mod metrics;
 mod migrations;
 mod outbox;

@@ -60,6 +60,8 @@ pub struct Decision {
     pub reset: Duration,
     /// When limited: how long to wait before retrying (Retry-After).
     pub retry_after: Duration,
+    /// Redis could not answer: the decision is the [`WhenUnavailable`] policy's, not the limit's.
+    pub unavailable: bool,
 }
 
 /// What to do when Redis cannot answer.
@@ -109,6 +111,7 @@ impl RateLimiter {
                     remaining: u32::try_from(remaining).unwrap_or(u32::MAX).min(limit.burst),
                     reset: Duration::from_micros(reset_us),
                     retry_after: Duration::from_micros(retry_us),
+                    unavailable: false,
                 }
             }
             Err(err) => self.unavailable(limit, &err),
@@ -126,6 +129,7 @@ impl RateLimiter {
             remaining: if allowed { limit.burst } else { 0 },
             reset: wait,
             retry_after: if allowed { Duration::ZERO } else { wait },
+            unavailable: true,
         }
     }
 }
