@@ -63,21 +63,19 @@ impl Users {
 
     /// Registers a user; the email must not be in use (ignoring case).
     pub async fn register(&self, input: Credentials) -> Result<User, UserError> {
-        let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
-        let password_hash = self.hasher.hash(&password).await?;
-        self.repository
-            .create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::User })
-            .await
+        self.register_as(input, Role::User).await
     }
 
     /// Registers the first (or another) admin, for `rust-app users create-admin`: there is no default admin
     /// password, and no HTTP route grants the role.
     pub async fn register_admin(&self, input: Credentials) -> Result<User, UserError> {
+        self.register_as(input, Role::Admin).await
+    }
+
+    async fn register_as(&self, input: Credentials, role: Role) -> Result<User, UserError> {
         let (name, email, password) = parse_registration(input).map_err(UserError::Invalid)?;
         let password_hash = self.hasher.hash(&password).await?;
-        self.repository
-            .create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role: Role::Admin })
-            .await
+        self.repository.create(&NewUser { id: uuid::Uuid::now_v7(), name, email, password_hash, role }).await
     }
 
     /// Makes the registered user with `email` an admin, for `rust-app users create-admin --promote`.
