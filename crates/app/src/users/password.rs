@@ -27,6 +27,9 @@ use super::{Password, UserError};
 /// the defaults (19 MiB); a stored hash asking for more is refused rather than allowed to allocate it.
 const MAX_MEMORY_KIB: u32 = 64 * 1024;
 
+/// Hashes refused because the queue was full (each one a 503 `overloaded`).
+const REJECTIONS: &str = "password_hash_rejections_total";
+
 /// How long a client told the service is busy should wait before trying again, in seconds.
 pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
@@ -95,6 +98,8 @@ impl PasswordHasher {
     /// A hasher with Argon2id's default parameters, bounded by `limits` (at least one hash at a time).
     pub fn new(limits: HashingLimits) -> Self {
         let concurrency = limits.concurrency.max(1);
+        // Registered at zero: an alert on its rate needs the series before the first refusal.
+        metrics::counter!(REJECTIONS).increment(0);
         PasswordHasher {
             shared: Arc::new(Shared {
                 params: Params::default(),
@@ -203,7 +208,7 @@ impl<'a> WaitingSlot<'a> {
         let waiting = shared.waiting.fetch_add(1, Ordering::AcqRel);
         let slot = WaitingSlot(&shared.waiting);
         if waiting >= shared.queue {
-            metrics::counter!("password_hash_rejections_total").increment(1);
+            metrics::counter!(REJECTIONS).increment(1);
             return Err(UserError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
         }
         Ok(slot)
