@@ -11,6 +11,7 @@ mod metrics;
 mod migrations;
 mod outbox;
 mod server_limits;
+mod session_lifecycle;
 mod sessions;
 mod shutdown;
 mod telemetry;
