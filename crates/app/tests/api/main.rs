@@ -1,5 +1,6 @@
 //! Integration tests of the service against the real local stack (`scripts/stack up`).
 
+mod access;
 mod activity;
 mod cli;
 mod degraded;
