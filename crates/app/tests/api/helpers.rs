@@ -303,3 +303,24 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Asserts `response` is an RFC 9457 problem (`application/problem+json`) with this status and `code`; returns
+/// its body.
+pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    let actual = response.status().as_u16();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body: serde_json::Value = response.json().await.expect("JSON problem");
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+impl TestApp {
+    /// The status of `GET /me` with the session `token` sent as `Authorization: Bearer`: 200 while it is valid.
+    pub async fn me_status(&self, token: &str) -> u16 {
+        let request = reqwest::Client::new().get(format!("{}/me", self.address)).bearer_auth(token);
+        request.send().await.expect("request sent").status().as_u16()
+    }
+}

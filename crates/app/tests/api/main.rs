@@ -1,5 +1,6 @@
 //! Integration tests of the service against the real local stack (`scripts/stack up`).
 
+mod access;
 mod activity;
 mod cli;
 mod degraded;
@@ -12,6 +13,7 @@ mod metrics;
 mod migrations;
 mod outbox;
 mod server_limits;
+mod session_lifecycle;
 mod sessions;
 mod shutdown;
 mod telemetry;
