@@ -10,6 +10,7 @@ mod helpers;
 mod metrics;
 mod migrations;
 mod outbox;
+mod secrets;
 mod server_limits;
 mod sessions;
 mod shutdown;
