@@ -12,6 +12,7 @@ mod login_limits;
 mod metrics;
 mod migrations;
 mod outbox;
+mod secrets;
 mod server_limits;
 mod session_lifecycle;
 mod sessions;

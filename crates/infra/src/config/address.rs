@@ -39,6 +39,10 @@ pub fn check_url(raw: &str, schemes: &[&str]) -> Result<url::Url, String> {
     if parsed.port() == Some(0) {
         return Err(format!("{expected} (port must be from 1 to 65535)"));
     }
+    if super::unambiguous_url(raw).is_none() {
+        // It would connect somewhere unintended with part of the password as database or parameter.
+        return Err(format!("{expected} (an '@' after the host: percent-encode '/', '?', '#' in the password)"));
+    }
     Ok(parsed)
 }
 
@@ -74,5 +78,8 @@ mod tests {
         assert!(check_url("mysql://u:p@h/db", &["postgres"]).is_err());
         assert!(check_url("postgres://u:p@h:99999/db", &["postgres"]).is_err());
         assert!(check_url("not a url", &["postgres"]).is_err());
+        let err = check_url("postgres://u:12#pw@h/db", &["postgres"]).expect_err("password cut at '#'");
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(check_url("postgres://u:12%23pw@h/db", &["postgres"]).is_ok());
     }
 }

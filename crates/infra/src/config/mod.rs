@@ -13,5 +13,6 @@ mod source;
 
 pub use address::{check_broker_list, check_host_port, check_url};
 pub use reader::{Entry, Problem, Reader, Unit, parse_duration};
+pub(crate) use redact::unambiguous_url;
 pub use redact::{Masked, Sensitivity, redact_url, redact_value};
 pub use source::{Origin, Sources};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Origin, Reader, Unit, check_url};
+use crate::config::{Origin, Reader, Unit, check_url, unambiguous_url};
 use crate::resilience::{BreakerConfig, BreakerVariables};
 
 /// The default DSN of the local stack (`scripts/stack up` creates this role and database).
@@ -104,11 +104,12 @@ impl PostgresConfig {
         Ok(options)
     }
 
-    /// The DSN's `host:port/database`, safe to log.
+    /// The DSN's `host:port/database`, safe to log: a DSN whose password broke its parsing (an unencoded
+    /// `/`, `?` or `#`) is not shown at all, as its "database" would be the password's tail.
     pub fn address(&self) -> String {
-        match url::Url::parse(self.dsn.expose_secret()) {
-            Ok(url) => format!("{}:{}{}", url.host_str().unwrap_or_default(), url.port().unwrap_or(5432), url.path()),
-            Err(_) => "(invalid DSN)".to_string(),
+        match unambiguous_url(self.dsn.expose_secret()) {
+            Some(url) => format!("{}:{}{}", url.host_str().unwrap_or_default(), url.port().unwrap_or(5432), url.path()),
+            None => "(invalid DSN)".to_string(),
         }
     }
 }

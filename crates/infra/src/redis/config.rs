@@ -17,8 +17,8 @@ pub enum RedisMode {
 }
 
 /// Redis settings, named as in the specification. Bare numbers: seconds for timeouts, minutes for the
-/// connection age and idle time.
-#[derive(Clone, Debug)]
+/// connection age and idle time. `Debug` shows REDIS_ADDR redacted: a `redis://` URL may carry a password.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `REDIS_ADDR`: `host:port`, or a `redis://` / `rediss://` URL; in cluster mode a comma-separated list of
     /// seed nodes.
@@ -102,14 +102,39 @@ impl RedisConfig {
         }
     }
 
-    /// The address with any password masked, safe to log.
+    /// The address with any password masked, safe to log. The list is masked as a whole, not node by node:
+    /// a comma in a password splits it into what look like further nodes.
     pub fn redacted_addr(&self) -> String {
-        self.nodes().map(redact_url).collect::<Vec<_>>().join(",")
+        redact_url(&self.nodes().collect::<Vec<_>>().join(","))
     }
 
     /// The addresses in REDIS_ADDR (one in standalone mode).
     pub fn nodes(&self) -> impl Iterator<Item = &str> {
         self.addr.split(',').map(str::trim)
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("addr", &self.redacted_addr())
+            .field("mode", &self.mode)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("max_retries", &self.max_retries)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("min_idle_conns", &self.min_idle_conns)
+            .field("max_conn_age", &self.max_conn_age)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("username", &self.username)
+            .field("tls", &self.tls)
+            .field("breaker", &self.breaker)
+            .field("rate_limit_fail_open", &self.rate_limit_fail_open)
+            .finish()
     }
 }
 

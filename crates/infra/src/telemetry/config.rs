@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Masked, Reader, Sensitivity, Unit, check_url};
+use crate::config::{Masked, Reader, Sensitivity, Unit, check_url, redact_url};
 
 /// The samplers of the OpenTelemetry specification's `OTEL_TRACES_SAMPLER`.
 pub const SAMPLERS: [&str; 6] = [
@@ -45,7 +45,7 @@ impl std::fmt::Debug for OtlpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("OtlpConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &redact_url(&self.endpoint))
             .field("header_names", &header_names)
             .field("timeout", &self.timeout)
             .finish()
