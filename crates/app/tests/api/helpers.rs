@@ -70,15 +70,21 @@ pub struct Account {
     pub token: String,
 }
 
-/// Registers a user with a unique email on the service at `address` (`http://host:port`) and signs them in.
-pub async fn sign_up_at(address: &str, name: &str) -> Account {
+/// Registers a user with a unique email and [`PASSWORD`] on the service at `address` (`http://host:port`);
+/// returns the id and the email.
+async fn register_at(address: &str, name: &str) -> (String, String) {
     let email = format!("{}@example.com", unique("user"));
     let body = serde_json::json!({"name": name, "email": email, "password": PASSWORD});
     let response = reqwest::Client::new().post(format!("{address}/users")).json(&body).send().await;
     let response = response.expect("request sent");
     assert_eq!(response.status(), 201, "user created");
     let user: serde_json::Value = response.json().await.expect("JSON user");
-    let id = user["id"].as_str().expect("id").to_string();
+    (user["id"].as_str().expect("id").to_string(), email)
+}
+
+/// Registers a user with a unique email on the service at `address` (`http://host:port`) and signs them in.
+pub async fn sign_up_at(address: &str, name: &str) -> Account {
+    let (id, email) = register_at(address, name).await;
     let token = sign_in_at(address, &email, PASSWORD).await.expect("signed in");
     Account { id, email, token }
 }
@@ -142,7 +148,9 @@ impl TestApp {
 
     /// Registers a user with a unique email and signs them in.
     pub async fn sign_up(&self, name: &str) -> Account {
-        sign_up_at(&self.address, name).await
+        let (id, email) = register_at(&self.address, name).await;
+        let token = self.sign_in(&email, PASSWORD).await.expect("signed in");
+        Account { id, email, token }
     }
 
     /// Registers an admin (promoted in PostgreSQL, as `rust-app users create-admin --promote` does) and signs
