@@ -377,7 +377,10 @@ async fn deleting_a_user_scrubs_the_profile_older_rows_still_hold_and_keeps_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trail_pages_newest_first_with_a_cursor() {
-    let app = spawn_admin_app(&[]).await;
+    // A database of its own: on the shared one, any other test's app may relay this user's events onto a topic
+    // nobody consumes once that app stopped, and the trail would never be complete.
+    let db = TestDb::create();
+    let app = spawn_admin_app(&[("POSTGRES_DSN", &db.dsn())]).await;
     let id = app.create_user("Paged").await["id"].as_str().expect("id").to_string();
     for n in 0..4 {
         let rename = json!({"name": format!("Paged {n}")});
