@@ -7,15 +7,17 @@
 //! it (its own Kafka topic and group), with RATE_LIMIT_RPS and RATE_LIMIT_BURST at 1 000 000 so the per-IP
 //! limiter never refuses — it still runs, one Redis script per request, as in production. The requests come from
 //! a loopback address of the run's own (127.x.y.z), so the limiter's state for 127.0.0.1, which every test
-//! against the local stack shares, is left alone. One user is created and read once to fill the cache; the bare
-//! server answers the same route with that user's bytes.
+//! against the local stack shares, is left alone. One user is created, signed in, and reads itself once to fill
+//! the cache; every request carries its session as `Authorization: Bearer` (GET /users/{id} needs one), and the
+//! bare server answers the same route with that user's bytes.
 //!
 //! Method: a load generator on its own runtime keeps BENCH_CONCURRENCY (32) keep-alive HTTP/1.1 connections
 //! per server busy (hyper's client, one request in flight on each) for BENCH_SECONDS (3) per round. The sides
 //! take turns, order reversed every round (bare, app, app, bare...), BENCH_ROUNDS (4) rounds each, after a
 //! 1 s warm-up each: on this 2-core machine unpaired runs swing ±20 %. A side's req/s is its requests over its
 //! rounds' total time; p50/p99 are over every request of its rounds. Every answer must be 200 with the
-//! expected body, else the bench fails. The service's `/metrics` must show one cache hit per request.
+//! expected body, else the bench fails. The service's `/metrics` must show every cache lookup a hit: two per
+//! request for the app (the caller's record when the session is checked, then the user read).
 //!
 //! Where the time goes: each round's CPU time is split into the server runtime's threads, the load
 //! generator's, the rest of the process (librdkafka...) and redis-server (`INFO cpu`), per request.
@@ -93,9 +95,14 @@ impl Side {
         }
     }
 
-    /// Whether its GETs go through the user cache (and count in `redis_cache_lookups_total`).
-    fn cached(self) -> bool {
-        matches!(self, Side::Cache | Side::App)
+    /// How many user cache lookups (counted in `redis_cache_lookups_total`) each of its GETs makes: the app
+    /// reads the caller's record to check the session, then the user asked for.
+    fn cache_lookups(self) -> u64 {
+        match self {
+            Side::App => 2,
+            Side::Cache => 1,
+            Side::Bare | Side::Observe | Side::Limiter => 0,
+        }
     }
 }
 
@@ -282,6 +289,7 @@ async fn fetch(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> Resul
     sender.ready().await.map_err(|err| format!("connection: {err}"))?;
     let request = Request::get(&target.path)
         .header(header::HOST, &target.host)
+        .header(header::AUTHORIZATION, &target.authorization)
         .body(Empty::<Bytes>::new())
         .map_err(|err| format!("request: {err}"))?;
     let response = sender.send_request(request).await.map_err(|err| format!("send: {err}"))?;
@@ -299,6 +307,8 @@ struct Target {
     address: SocketAddr,
     host: String,
     path: String,
+    /// `Bearer <session id>`, sent to every side alike.
+    authorization: String,
     expected: Bytes,
 }
 
@@ -474,12 +484,21 @@ async fn scrape(client: &reqwest::Client, app: SocketAddr) -> String {
     response.text().await.expect("metrics page")
 }
 
-/// Creates the bench's user and reads it twice (the first read fills the cache); returns its id and body.
-async fn create_user(client: &reqwest::Client, app: SocketAddr) -> (String, Bytes) {
+/// The bench's user, signed in: its id, session id, and the body of `GET /users/{id}` as the user reads itself.
+struct BenchUser {
+    id: String,
+    token: String,
+    body: Bytes,
+}
+
+const BENCH_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates the bench's user, signs it in, and reads it twice (the first read fills the cache).
+async fn create_user(client: &reqwest::Client, app: SocketAddr) -> BenchUser {
     let email = format!("{}@bench.example.com", test_support::unique("users-get"));
     let created = client
         .post(format!("http://{app}/users"))
-        .json(&serde_json::json!({"name": "Bench User", "email": email, "password": "correct horse battery staple"}))
+        .json(&serde_json::json!({"name": "Bench User", "email": email, "password": BENCH_PASSWORD}))
         .send()
         .await
         .expect("POST /users");
@@ -487,13 +506,29 @@ async fn create_user(client: &reqwest::Client, app: SocketAddr) -> (String, Byte
     let created: serde_json::Value = created.json().await.expect("POST /users body");
     assert_eq!(status, 201, "POST /users: {created}");
     let id = created["id"].as_str().expect("user id").to_string();
+    let token = sign_in(client, app, &email).await;
     let mut body = Bytes::new();
     for _ in 0..2 {
-        let response = client.get(format!("http://{app}/users/{id}")).send().await.expect("GET /users/{id}");
+        let response =
+            client.get(format!("http://{app}/users/{id}")).bearer_auth(&token).send().await.expect("GET /users/{id}");
         assert_eq!(response.status(), 200, "GET /users/{id}");
         body = response.bytes().await.expect("user body");
     }
-    (id, body)
+    BenchUser { id, token, body }
+}
+
+/// Signs the bench's user in; its session id (the session cookie's value).
+async fn sign_in(client: &reqwest::Client, app: SocketAddr, email: &str) -> String {
+    let response = client
+        .post(format!("http://{app}/sessions"))
+        .json(&serde_json::json!({"email": email, "password": BENCH_PASSWORD}))
+        .send()
+        .await
+        .expect("POST /sessions");
+    assert_eq!(response.status(), 201, "POST /sessions");
+    let cookie = response.headers().get(header::SET_COOKIE).expect("session cookie").to_str().expect("ASCII");
+    let pair = cookie.split(';').next().and_then(|pair| pair.split_once('='));
+    pair.map(|(_, value)| value.to_string()).expect("session cookie value")
 }
 
 fn main() {
@@ -531,7 +566,7 @@ fn main() {
 async fn bench(options: &Options, telemetry: &str, server: &Runtime, app: &RunningApp) -> bool {
     let source = source_address();
     let http = reqwest::Client::builder().local_address(source).build().expect("HTTP client");
-    let (id, body) = create_user(&http, app.address).await;
+    let BenchUser { id, token, body } = create_user(&http, app.address).await;
     let mut redis = match redis::Client::open(REDIS_URL) {
         Ok(client) => client.get_multiplexed_async_connection().await.ok(),
         Err(_) => None,
@@ -546,6 +581,7 @@ async fn bench(options: &Options, telemetry: &str, server: &Runtime, app: &Runni
             address,
             host: address.to_string(),
             path: format!("/users/{id}"),
+            authorization: format!("Bearer {token}"),
             expected: body.clone(),
         });
         let mut pool = Vec::with_capacity(options.concurrency);
@@ -663,12 +699,12 @@ async fn bench(options: &Options, telemetry: &str, server: &Runtime, app: &Runni
     }
 
     // Every GET through the cache must have been a hit.
-    let through_cache: u64 = sides.iter().filter(|r| r.side.cached()).map(|r| r.requests).sum();
+    let through_cache: u64 = sides.iter().map(|r| r.side.cache_lookups() * r.requests).sum();
     let grew = |result: &str| lookups(&after, result) - lookups(&before, result);
     let (hits, others) = (grew("hit"), grew("miss") + grew("error") + grew("bypass"));
     println!(
-        "\n/metrics: redis_cache_lookups_total{{result=\"hit\"}} grew by {hits:.0} for {through_cache} GETs through \
-         the cache; miss+error+bypass grew by {others:.0}"
+        "\n/metrics: redis_cache_lookups_total{{result=\"hit\"}} grew by {hits:.0} for {through_cache} lookups of \
+         GETs through the cache; miss+error+bypass grew by {others:.0}"
     );
     let mut failed = false;
     if hits != through_cache as f64 || others != 0.0 {
@@ -688,7 +724,7 @@ async fn bench(options: &Options, telemetry: &str, server: &Runtime, app: &Runni
         }
     }
 
-    let deleted = http.delete(format!("http://{}/users/{id}", app.address)).send().await;
+    let deleted = http.delete(format!("http://{}/users/{id}", app.address)).bearer_auth(&token).send().await;
     if !deleted.is_ok_and(|response| response.status() == 204) {
         println!("could not delete the bench user {id}");
     }

@@ -70,6 +70,39 @@ pub struct Account {
     pub token: String,
 }
 
+/// Registers a user with a unique email and [`PASSWORD`] on the service at `address` (`http://host:port`);
+/// returns the id and the email.
+async fn register_at(address: &str, name: &str) -> (String, String) {
+    let email = format!("{}@example.com", unique("user"));
+    let body = serde_json::json!({"name": name, "email": email, "password": PASSWORD});
+    let response = reqwest::Client::new().post(format!("{address}/users")).json(&body).send().await;
+    let response = response.expect("request sent");
+    assert_eq!(response.status(), 201, "user created");
+    let user: serde_json::Value = response.json().await.expect("JSON user");
+    (user["id"].as_str().expect("id").to_string(), email)
+}
+
+/// Registers a user with a unique email on the service at `address` (`http://host:port`) and signs them in.
+pub async fn sign_up_at(address: &str, name: &str) -> Account {
+    let (id, email) = register_at(address, name).await;
+    let token = sign_in_at(address, &email, PASSWORD).await.expect("signed in");
+    Account { id, email, token }
+}
+
+/// Signs in at the service at `address`; the session id, or the status of the refusal.
+pub async fn sign_in_at(address: &str, email: &str, password: &str) -> Result<String, u16> {
+    let body = serde_json::json!({"email": email, "password": password});
+    let response = reqwest::Client::new().post(format!("{address}/sessions")).json(&body).send().await;
+    let response = response.expect("request sent");
+    if response.status() != 201 {
+        return Err(response.status().as_u16());
+    }
+    let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("session cookie");
+    let cookie = cookie.to_str().expect("ascii");
+    let value = cookie.split(';').next().and_then(|pair| pair.split_once('=')).map(|(_, v)| v.to_string());
+    Ok(value.expect("cookie value"))
+}
+
 /// Like [`spawn_app`], with `client` signed in as a fresh admin (Bearer token): for tests about what the API
 /// does rather than who may call it.
 pub async fn spawn_admin_app(overrides: &[(&str, &str)]) -> TestApp {
@@ -115,13 +148,7 @@ impl TestApp {
 
     /// Registers a user with a unique email and signs them in.
     pub async fn sign_up(&self, name: &str) -> Account {
-        let email = format!("{}@example.com", unique("user"));
-        let body = serde_json::json!({"name": name, "email": email, "password": PASSWORD});
-        let response = reqwest::Client::new().post(format!("{}/users", self.address)).json(&body).send().await;
-        let response = response.expect("request sent");
-        assert_eq!(response.status(), 201, "user created");
-        let user: serde_json::Value = response.json().await.expect("JSON user");
-        let id = user["id"].as_str().expect("id").to_string();
+        let (id, email) = register_at(&self.address, name).await;
         let token = self.sign_in(&email, PASSWORD).await.expect("signed in");
         Account { id, email, token }
     }
@@ -141,16 +168,7 @@ impl TestApp {
 
     /// Signs in; the session id, or the status of the refusal.
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<String, u16> {
-        let body = serde_json::json!({"email": email, "password": password});
-        let response = reqwest::Client::new().post(format!("{}/sessions", self.address)).json(&body).send().await;
-        let response = response.expect("request sent");
-        if response.status() != 201 {
-            return Err(response.status().as_u16());
-        }
-        let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("session cookie");
-        let cookie = cookie.to_str().expect("ascii");
-        let value = cookie.split(';').next().and_then(|pair| pair.split_once('=')).map(|(_, v)| v.to_string());
-        Ok(value.expect("cookie value"))
+        sign_in_at(&self.address, email, password).await
     }
 
     /// A request with `method` to `path` as `account` (or anonymously).

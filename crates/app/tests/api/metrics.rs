@@ -9,7 +9,7 @@ use infra::kafka::KafkaProducer;
 use infra::settings::Config;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app, unique};
+use crate::helpers::{TestApp, spawn_admin_app, unique};
 
 /// Families recorded only by features the service does not use yet, with the reason.
 const NOT_USED_BY_THE_SERVICE: [(&str, &str); 0] = [];
@@ -94,7 +94,7 @@ async fn metrics_until(app: &TestApp, done: impl Fn(&str) -> bool) -> String {
 async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_labels() {
     let topic = unique("metrics");
     let overrides = [("KAFKA_TOPIC", topic.as_str()), ("KAFKA_MAX_RETRIES", "1"), ("KAFKA_RETRY_BACKOFF", "10ms")];
-    let app = spawn_app(&overrides).await;
+    let app = spawn_admin_app(&overrides).await;
     app.eventually("/health", Duration::from_secs(30), |status, _| status == 200).await;
     let event_id = uuid::Uuid::new_v4().to_string();
     let published = app

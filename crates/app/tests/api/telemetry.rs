@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use test_support::otlp::{OtlpReceiver, ReceivedSpan};
 
-use crate::helpers::{ServeProcess, free_port, unique};
+use crate::helpers::{ServeProcess, free_port, sign_up_at, unique};
 
 /// The batch processor's standard knob: export every 100 ms instead of every 5 s.
 const EXPORT_OFTEN: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
@@ -47,9 +47,13 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let request_id = unique("e2e-request");
 
+    // Publishing needs a session; signing up and in are requests (and traces) of their own.
+    let publisher = sign_up_at(&service.address, "Tracer").await;
+
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{}/events", service.address))
+        .bearer_auth(&publisher.token)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .header("x-request-id", &request_id)
         .json(&serde_json::json!({"type": "user.created", "key": "user-1", "data": {"name": "Ada"}}))
@@ -78,7 +82,7 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
     let publish = find(&spans, "Kafka publish", |s| s.name.ends_with(" publish"));
     let process = find(&spans, "Kafka process", |s| s.name.ends_with(" process"));
     let insert = find(&spans, "PostgreSQL INSERT", |s| s.attributes.get("db.operation").is_some_and(|o| o == "INSERT"));
-    assert_eq!(redis.parent_span_id, server.span_id, "the rate limiter runs inside the request");
+    assert_eq!(redis.parent_span_id, server.span_id, "the rate limiter and the session check run inside the request");
     assert_eq!(publish.parent_span_id, server.span_id, "publishing runs inside the request");
     assert_eq!(process.parent_span_id, publish.span_id, "the consumer continues the producer's span");
     assert_eq!(insert.parent_span_id, process.span_id, "the event log write runs inside the processing");
