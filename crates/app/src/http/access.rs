@@ -20,7 +20,7 @@ use axum_extra::extract::cookie::CookieJar;
 
 use super::AppState;
 use super::problem::Problem;
-use super::users::user_problem;
+use super::problem::user_problem;
 use crate::users::{Actor, SessionToken, User, UserError, UserId};
 
 /// Who may call a route.

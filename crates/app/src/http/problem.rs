@@ -9,6 +9,8 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::users::UserError;
+
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -130,6 +132,41 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     tracing::error!(panic = message, "handler panicked");
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error").into_response()
+}
+
+/// The problem for a domain error: its stable code, the right status, and never internals.
+pub fn user_problem(err: UserError) -> Problem {
+    let code = err.code();
+    match err {
+        UserError::Invalid(errors) => {
+            Problem::invalid(errors.into_iter().map(|e| FieldProblem { field: e.field, message: e.message }).collect())
+        }
+        UserError::NotFound => Problem::new(StatusCode::NOT_FOUND, code, "User not found"),
+        UserError::EmailTaken => Problem::new(StatusCode::CONFLICT, code, "Email already registered")
+            .detail("another user has this email address"),
+        UserError::WrongCurrentPassword => Problem::new(StatusCode::FORBIDDEN, code, "Wrong current password")
+            .detail("changing the email or password needs the current password of the signed-in user"),
+        UserError::InvalidCredentials => {
+            Problem::new(StatusCode::UNAUTHORIZED, code, "Invalid credentials").detail("wrong email or password")
+        }
+        UserError::Unauthenticated => {
+            Problem::new(StatusCode::UNAUTHORIZED, code, "Not signed in").detail("sign in with POST /sessions first")
+        }
+        UserError::Overloaded { retry_after_secs } => {
+            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, "Too busy")
+                .detail("too many password checks are in progress; retry shortly");
+            problem.retry_after = Some(retry_after_secs);
+            problem
+        }
+        UserError::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "request failed: dependency unavailable");
+            Problem::unavailable("a required dependency is unavailable; retry later")
+        }
+        UserError::Internal(cause) => {
+            tracing::error!(error = %cause, "request failed");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+        }
+    }
 }
 
 #[cfg(test)]

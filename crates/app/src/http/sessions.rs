@@ -24,7 +24,8 @@ use super::body::object;
 use super::client_ip::{ClientIp, limit_subject};
 use super::problem::Problem;
 use super::rate_limit::{set_headers, too_many_requests};
-use super::users::{UserBody, user_problem};
+use super::problem::user_problem;
+use super::users::UserBody;
 use crate::users::{Credentials, SessionToken, UserError};
 use infra::redis::Decision;
 

@@ -18,7 +18,7 @@ use super::AppState;
 use super::access::Caller;
 use super::body::object;
 use super::extract::IdPath;
-use super::problem::{FieldProblem, Problem};
+use super::problem::{FieldProblem, Problem, user_problem};
 use crate::users::{Activity, Credentials, Page, User, UserChanges, UserError, parse_registration};
 use uuid::Uuid;
 
@@ -338,40 +338,6 @@ fn respond(result: Result<impl IntoResponse, UserError>) -> Response {
     }
 }
 
-/// The problem for a domain error: its stable code, the right status, and never internals.
-pub fn user_problem(err: UserError) -> Problem {
-    let code = err.code();
-    match err {
-        UserError::Invalid(errors) => {
-            Problem::invalid(errors.into_iter().map(|e| FieldProblem { field: e.field, message: e.message }).collect())
-        }
-        UserError::NotFound => Problem::new(StatusCode::NOT_FOUND, code, "User not found"),
-        UserError::EmailTaken => Problem::new(StatusCode::CONFLICT, code, "Email already registered")
-            .detail("another user has this email address"),
-        UserError::WrongCurrentPassword => Problem::new(StatusCode::FORBIDDEN, code, "Wrong current password")
-            .detail("changing the email or password needs the current password of the signed-in user"),
-        UserError::InvalidCredentials => {
-            Problem::new(StatusCode::UNAUTHORIZED, code, "Invalid credentials").detail("wrong email or password")
-        }
-        UserError::Unauthenticated => {
-            Problem::new(StatusCode::UNAUTHORIZED, code, "Not signed in").detail("sign in with POST /sessions first")
-        }
-        UserError::Overloaded { retry_after_secs } => {
-            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, "Too busy")
-                .detail("too many password checks are in progress; retry shortly");
-            problem.retry_after = Some(retry_after_secs);
-            problem
-        }
-        UserError::Unavailable(cause) => {
-            tracing::warn!(error = %cause, "request failed: dependency unavailable");
-            Problem::unavailable("a required dependency is unavailable; retry later")
-        }
-        UserError::Internal(cause) => {
-            tracing::error!(error = %cause, "request failed");
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
