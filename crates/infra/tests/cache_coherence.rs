@@ -67,48 +67,56 @@ async fn cached(redis: &RedisClient, key: &str) -> Option<String> {
     redis.get_json::<String>(key).await.expect("GET")
 }
 
-#[tokio::test]
-async fn a_load_that_read_before_a_write_does_not_store_its_value_after_the_invalidation() {
+/// A read of `key` that loaded "old" and is paused before its fill, while "new" was written and `key`
+/// invalidated: the race, forced.
+struct Race {
+    redis: RedisClient,
+    cache: Cache,
+    key: String,
+    db: Database,
+    resume: oneshot::Sender<()>,
+    stale_read: tokio::task::JoinHandle<String>,
+}
+
+async fn a_read_overtaken_by_a_write(name: &str) -> Race {
     let redis = client("127.0.0.1:6379");
     let cache = Cache::new(redis.clone());
-    let key = format!("coherence:{{{}}}", unique("race"));
+    let key = format!("coherence:{{{}}}", unique(name));
     let db = Database::new("old");
-
-    let (loaded, resume, reader) = paused_reader(&cache, &key, &db);
+    let (loaded, resume, stale_read) = paused_reader(&cache, &key, &db);
     loaded.await.expect("the reader read the old row");
     db.write("new");
     cache.invalidate(&key).await.expect("invalidated after the write");
-    resume.send(()).expect("reader waiting");
-    assert_eq!(reader.await.expect("reader"), "old", "the racing read answers what it read");
+    Race { redis, cache, key, db, resume, stale_read }
+}
 
-    assert_eq!(cached(&redis, &key).await, None, "its fill was refused: Redis does not hold the old value");
-    assert_eq!(read_through(&cache, &key, &db).await, "new", "the next read loads the new value");
-    assert_eq!(cached(&redis, &key).await.as_deref(), Some("new"), "and stores it: filling still works");
-    cache.invalidate(&key).await.expect("cleanup");
+#[tokio::test]
+async fn a_load_that_read_before_a_write_does_not_store_its_value_after_the_invalidation() {
+    let race = a_read_overtaken_by_a_write("race").await;
+    race.resume.send(()).expect("reader waiting");
+    assert_eq!(race.stale_read.await.expect("reader"), "old", "the racing read answers what it read");
+
+    assert_eq!(cached(&race.redis, &race.key).await, None, "its fill was refused: Redis does not hold the old value");
+    assert_eq!(read_through(&race.cache, &race.key, &race.db).await, "new", "the next read loads the new value");
+    assert_eq!(cached(&race.redis, &race.key).await.as_deref(), Some("new"), "and stores it: filling still works");
+    race.cache.invalidate(&race.key).await.expect("cleanup");
 }
 
 #[tokio::test]
 async fn a_miss_after_an_invalidation_loads_afresh_instead_of_joining_the_load_that_began_before() {
-    let redis = client("127.0.0.1:6379");
-    let cache = Cache::new(redis.clone());
-    let key = format!("coherence:{{{}}}", unique("join"));
-    let db = Database::new("old");
-
-    let (loaded, resume, stale) = paused_reader(&cache, &key, &db);
-    loaded.await.expect("the first reader read the old row");
-    db.write("new");
-    cache.invalidate(&key).await.expect("invalidated after the write");
+    let race = a_read_overtaken_by_a_write("join").await;
     // Same process, same key, the first load still in flight: a reader that started after the write must not
     // wait for it and take its old value.
-    let fresh = tokio::time::timeout(Duration::from_secs(10), read_through(&cache, &key, &db))
+    let fresh = tokio::time::timeout(Duration::from_secs(10), read_through(&race.cache, &race.key, &race.db))
         .await
         .expect("did not wait for the paused load");
     assert_eq!(fresh, "new");
 
-    resume.send(()).expect("reader waiting");
-    assert_eq!(stale.await.expect("reader"), "old");
-    assert_eq!(cached(&redis, &key).await.as_deref(), Some("new"), "the late fill of the old value was refused");
-    cache.invalidate(&key).await.expect("cleanup");
+    race.resume.send(()).expect("reader waiting");
+    assert_eq!(race.stale_read.await.expect("reader"), "old");
+    let cached = cached(&race.redis, &race.key).await;
+    assert_eq!(cached.as_deref(), Some("new"), "the late fill of the old value was refused");
+    race.cache.invalidate(&race.key).await.expect("cleanup");
 }
 
 #[tokio::test]
