@@ -1,6 +1,7 @@
 //! Integration tests of the service against the real local stack (`scripts/stack up`).
 
 mod activity;
+mod cache_coherence;
 mod cli;
 mod degraded;
 mod dlq;
