@@ -8,8 +8,9 @@ use super::{
     UserRepository,
 };
 
-/// `repository` with `cache` in front: [`UserRepository::find`] is cache-aside, `update` and `delete` drop the
-/// cached copy once they succeeded. Every other operation goes straight to `repository`.
+/// `repository` with `cache` in front: [`UserRepository::find`] is cache-aside, `update`, `delete` and
+/// `set_role` invalidate the cached copy once committed (a read that raced them cannot store the old copy back:
+/// [`UserCache::invalidate`]). Every other operation goes straight to `repository`.
 #[derive(Clone, Debug)]
 pub struct CachedUserRepository<R, C> {
     repository: R,

@@ -311,7 +311,8 @@ pub trait UserRepository: Send + Sync {
 pub trait UserCache: Send + Sync {
     /// The cached user, or the one `repository` finds (then cached; an unknown id is not cached).
     async fn find_through(&self, id: UserId, repository: &dyn UserRepository) -> Result<Option<User>, UserError>;
-    /// Forgets the user after a write. Failures are logged, not returned: the entry expires anyway.
+    /// Forgets the user after a write, once it is committed, and keeps any read that loaded the user before from
+    /// storing that copy afterwards. Failures are logged, not returned: the entry expires anyway.
     async fn invalidate(&self, id: UserId);
 }
 

@@ -1,4 +1,4 @@
-//! The Redis side of users: the read cache (`user:{id}`, cache-aside through `infra::redis::Cache`) and login
+//! The Redis side of users: the read cache (`user:{<id>}`, cache-aside through `infra::redis::Cache`) and login
 //! sessions (`session:{sha256(id)}`, `infra::redis::RedisSessionStore`).
 
 use std::time::Duration;
@@ -8,10 +8,11 @@ use infra::redis::{Cache, RedisClient, RedisError, SessionId};
 
 use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId, UserRepository};
 
-/// Users cached in Redis under `user:{id}` for a TTL; writes delete the entry.
+/// Users cached in Redis under `user:{<id>}` for a TTL. Writes invalidate the entry through
+/// [`Cache::invalidate`], which also refuses the fill of any read that loaded the row before the write (see
+/// `infra::redis::Cache`: a read racing a PATCH or DELETE cannot put the old user back).
 #[derive(Clone, Debug)]
 pub struct RedisUserCache {
-    redis: RedisClient,
     cache: Cache,
     ttl: Duration,
 }
@@ -19,13 +20,14 @@ pub struct RedisUserCache {
 impl RedisUserCache {
     /// Caches users in `redis` for `ttl`.
     pub fn new(redis: RedisClient, ttl: Duration) -> Self {
-        RedisUserCache { cache: Cache::new(redis.clone()), redis, ttl }
+        RedisUserCache { cache: Cache::new(redis), ttl }
     }
 }
 
-/// The cache key of a user.
+/// The cache key of a user: the id is a hash tag, so in a Redis Cluster the entry and its fill ticket
+/// (`user:{<id>}:ticket`) share a slot, as the cache's scripts need.
 pub fn cache_key(id: UserId) -> String {
-    format!("user:{id}")
+    format!("user:{{{id}}}")
 }
 
 #[async_trait]
@@ -41,7 +43,7 @@ impl UserCache for RedisUserCache {
     }
 
     async fn invalidate(&self, id: UserId) {
-        if let Err(err) = self.redis.del(&[&cache_key(id)]).await {
+        if let Err(err) = self.cache.invalidate(&cache_key(id)).await {
             // The entry expires within USER_CACHE_TTL anyway; the write itself succeeded.
             tracing::warn!(user_id = %id, error = %err, "cannot invalidate the cached user; it may be stale until it expires");
         }

@@ -2,6 +2,7 @@
 
 mod access;
 mod activity;
+mod cache_coherence;
 mod cli;
 mod degraded;
 mod dlq;

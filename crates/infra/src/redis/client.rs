@@ -16,6 +16,7 @@ use super::config::{RedisConfig, RedisMode};
 use super::error::{RedisError, is_connection_level};
 use super::metrics::RedisMetrics;
 use super::pool::{Connector, Pool, PoolLimits};
+use super::script::LuaScript;
 use crate::health::PoolStats;
 use crate::resilience::CircuitBreaker;
 
@@ -209,6 +210,20 @@ impl RedisClient {
         T: FromRedisValue + Send,
     {
         self.run(name, Some(key), Idempotent::No, cmd).await
+    }
+
+    /// Runs `script` on `keys` (the first one routes it; in cluster mode all must share its hash slot) with
+    /// `args`: `EVALSHA`, then `EVAL` when the server does not know the script yet. Never retried otherwise.
+    pub(crate) async fn eval<T, A>(&self, script: &LuaScript, keys: &[&str], args: &A) -> Result<T, RedisError>
+    where
+        T: FromRedisValue + Send,
+        A: ToRedisArgs,
+    {
+        let key = keys.first().copied().unwrap_or_default();
+        match self.script(script.label, key, script.by_sha(keys, args)).await {
+            Err(RedisError::UnknownScript { .. }) => self.script(script.label, key, script.by_source(keys, args)).await,
+            other => other,
+        }
     }
 
     /// `PING`.

@@ -34,6 +34,13 @@ pub enum RedisError {
         /// The server's error.
         message: String,
     },
+    /// A script sent by its SHA-1 is not in the server's script cache (`NOSCRIPT`: first use, restart, failover).
+    /// The client answers it by sending the script's source; callers never see it.
+    #[error("Redis does not know the script of {command} (NOSCRIPT)")]
+    UnknownScript {
+        /// The script's command label.
+        command: &'static str,
+    },
     /// A value could not be encoded or decoded (JSON, or a reply of an unexpected type).
     #[error("cannot convert a Redis value: {0}")]
     Conversion(String),
@@ -51,7 +58,7 @@ impl RedisError {
             RedisError::InvalidAddress { .. } => "config",
             RedisError::Unavailable { .. } => "unavailable",
             RedisError::CircuitOpen { .. } => "circuit_open",
-            RedisError::Command { .. } => "command",
+            RedisError::Command { .. } | RedisError::UnknownScript { .. } => "command",
             RedisError::Conversion(_) => "conversion",
         }
     }
@@ -60,6 +67,8 @@ impl RedisError {
     pub(crate) fn from_redis(command: &'static str, err: &redis::RedisError) -> Self {
         if is_connection_level(err) {
             RedisError::Unavailable { cause: err.to_string() }
+        } else if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            RedisError::UnknownScript { command }
         } else if err.kind() == redis::ErrorKind::UnexpectedReturnType {
             RedisError::Conversion(err.to_string())
         } else {

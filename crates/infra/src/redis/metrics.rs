@@ -26,7 +26,8 @@ pub mod names {
 }
 
 /// The commands this client sends: the `command` label's whole range.
-pub(crate) const COMMANDS: [&str; 8] = ["GET", "SET", "DEL", "MGET", "INCRBY", "PEXPIRE", "PING", "EVAL gcra"];
+pub(crate) const COMMANDS: [&str; 10] =
+    ["GET", "SET", "DEL", "MGET", "INCRBY", "PEXPIRE", "PING", "EVAL gcra", "EVAL cache_ticket", "EVAL cache_fill"];
 
 /// The `kind` label's whole range.
 const ERROR_KINDS: [&str; 4] = ["unavailable", "circuit_open", "command", "conversion"];

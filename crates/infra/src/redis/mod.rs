@@ -9,6 +9,7 @@ mod health;
 pub mod metrics;
 mod pool;
 mod rate_limit;
+mod script;
 mod session;
 
 pub use cache::Cache;
