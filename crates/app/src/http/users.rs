@@ -338,7 +338,6 @@ fn respond(result: Result<impl IntoResponse, UserError>) -> Response {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use axum::http::header;

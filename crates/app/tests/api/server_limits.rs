@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{ServeProcess, TestApp, spawn_app};
 
 /// Bound on every wait for the server in these tests; far above the configured timeouts.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -118,17 +118,28 @@ async fn a_kept_alive_connection_serves_requests_then_is_closed_when_idle_past_t
 async fn two_thousand_idle_sockets_do_not_keep_a_new_client_out() {
     const CAP: usize = 64;
     const IDLE_SOCKETS: usize = 2000;
-    // The header read timeout is far beyond the test's patience: only reaping at the cap can free a slot.
+    // A process of its own: `http_connections_open` is then this server's count, not the sum over every app
+    // the parallel tests run in this process. The header read timeout is far beyond the test's patience: only
+    // reaping at the cap can free a slot.
     let cap = CAP.to_string();
-    let app = spawn_with(&[("HTTP_MAX_CONNECTIONS", cap.as_str()), ("HTTP_HEADER_READ_TIMEOUT", "300s")]).await;
+    let serve = ServeProcess::start(&[
+        ("POSTGRES_MIGRATE_ON_START", "false"),
+        ("LOG_LEVEL", "warn"),
+        ("HTTP_MAX_CONNECTIONS", cap.as_str()),
+        ("HTTP_HEADER_READ_TIMEOUT", "300s"),
+    ])
+    .await;
+    let address = serve.address.trim_start_matches("http://").to_string();
     let mut idle = Vec::with_capacity(IDLE_SOCKETS);
     for _ in 0..IDLE_SOCKETS {
-        idle.push(tokio::time::timeout(PATIENCE, connect(&app)).await.expect("connected in time"));
+        let connected = tokio::time::timeout(PATIENCE, TcpStream::connect(&address)).await.expect("connected in time");
+        idle.push(connected.expect("connect"));
     }
 
-    assert_serves(&app).await;
+    let livez = tokio::time::timeout(PATIENCE, reqwest::get(format!("{}/livez", serve.address))).await;
+    assert_eq!(livez.expect("answered in time").expect("sent").status(), 200, "a new client is served");
 
-    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let metrics = reqwest::get(format!("{}/metrics", serve.address)).await.expect("sent").text().await.expect("text");
     let value = |family: &str| -> f64 {
         let line = metrics.lines().find(|line| line.starts_with(family)).unwrap_or_else(|| panic!("{family} missing"));
         line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
@@ -143,8 +154,6 @@ async fn two_thousand_idle_sockets_do_not_keep_a_new_client_out() {
         }
     }
     assert!(closed >= IDLE_SOCKETS / 2, "only {closed} of {IDLE_SOCKETS} idle sockets were closed by the server");
-    drop(idle);
-    app.stop().await;
 }
 
 #[tokio::test]
