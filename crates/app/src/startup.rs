@@ -14,6 +14,7 @@ use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
 use infra::settings::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
@@ -45,6 +46,8 @@ struct Workers {
     handler: EventLogHandler,
     metrics: PrometheusHandle,
     relay: OutboxRelay,
+    /// Ends once the event topics were created (or creating them failed): the relay waits for it.
+    topics: JoinHandle<()>,
     event_log_retention: EventLogRetention,
 }
 
@@ -77,7 +80,7 @@ impl Application {
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
         let kafka = KafkaClient::connect_lazy(&config.kafka)?;
-        spawn_ensure_topics(kafka.clone(), config);
+        let topics = spawn_ensure_topics(kafka.clone(), config);
         let producer = KafkaProducer::connect_lazy(&config.kafka)?;
         let consumer = KafkaConsumer::connect_lazy(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
@@ -144,6 +147,7 @@ impl Application {
                 handler,
                 metrics,
                 relay,
+                topics,
             },
             shutdown_timeout: config.server.shutdown_timeout,
         })
@@ -170,7 +174,7 @@ impl Application {
         let stop_consuming = CancellationToken::new();
         let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);
         let stop_relaying = CancellationToken::new();
-        let mut relay = tokio::spawn(workers.relay.run(stop_relaying.clone()));
+        let mut relay = tokio::spawn(relay_once_topics_exist(workers.relay, workers.topics, stop_relaying.clone()));
         // Pruning the event log is upkeep like the relay's: it stops with it.
         let mut pruning = tokio::spawn(workers.event_log_retention.run(stop_relaying.clone()));
         tracing::info!(%address, "listening");
@@ -243,13 +247,13 @@ fn spawn_consumer(
     handler: EventLogHandler,
     stop: CancellationToken,
     close_timeout: Duration,
-) -> tokio::task::JoinHandle<()> {
+) -> JoinHandle<()> {
     tokio::spawn(async move { consumer.consume(&handler, stop, close_timeout).await })
 }
 
 /// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays
 /// bounded between scrapes.
-fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
         loop {
@@ -259,8 +263,22 @@ fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> tokio::task::JoinHandle<()
     })
 }
 
+/// How long the relay waits for the event topics to be created before it starts anyway (with the broker down,
+/// creating them takes KAFKA_DIAL_TIMEOUT per topic; the relay's pruning and backlog must not wait that long).
+const TOPICS_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs the relay once the event topics exist (or after [`TOPICS_WAIT`]). Its first record would otherwise make a
+/// broker that creates topics on first use do so with its own partition count (tansu: 4, Kafka:
+/// `num.partitions`) before the service asked for its own — as soon as an instance starts with events pending.
+async fn relay_once_topics_exist(relay: OutboxRelay, topics: JoinHandle<()>, stop: CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::timeout(TOPICS_WAIT, topics) => relay.run(stop).await,
+        () = stop.cancelled() => {}
+    }
+}
+
 /// Creates the event topic and its dead-letter topic when missing (brokers may also auto-create them).
-fn spawn_ensure_topics(kafka: KafkaClient, config: &Config) {
+fn spawn_ensure_topics(kafka: KafkaClient, config: &Config) -> JoinHandle<()> {
     let topics = [(config.kafka.topic.clone(), EVENT_TOPIC_PARTITIONS), (config.kafka.dlq_topic.clone(), 1)];
     let timeout = config.kafka.dial_timeout;
     tokio::spawn(async move {
@@ -270,5 +288,5 @@ fn spawn_ensure_topics(kafka: KafkaClient, config: &Config) {
                 Err(err) => tracing::warn!(%topic, error = %err, "cannot make sure the topic exists"),
             }
         }
-    });
+    })
 }
