@@ -366,3 +366,23 @@ async fn a_dependency_outage_outlasting_the_retries_dead_letters_nothing() {
     let letters = infra::kafka::dlq::read_dead_letters(&config, Duration::from_secs(20)).await.expect("read the DLQ");
     assert!(letters.is_empty(), "nothing dead-lettered during an outage: {} letters", letters.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_after_the_consumer_subscribed_is_consumed_within_a_metadata_refresh() {
+    // The consumer subscribes first (as the service's does at start, racing its own topic creation).
+    let config = config(&unique("late-topic"), &unique("group"), &[]);
+    let recorder = Recorder::default();
+    let (stop, task, state) = spawn_consumer(&config, recorder.clone());
+    // Joined with nothing to consume: the topic does not exist yet.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let admin = KafkaClient::connect_lazy(&config).expect("admin client");
+    admin.ensure_topic(&config.topic, 1, Duration::from_secs(10)).await.expect("topic");
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
+    produce(&producer, &config.topic, "k", "late").await;
+    // librdkafka's default refresh (5 minutes) would leave it unconsumed far past this bound.
+    let consumed = eventually(Duration::from_secs(40), async || recorder.count() >= 1).await;
+    assert!(consumed, "not consumed: {:?}", state.snapshot());
+    assert_eq!(recorder.values(), ["late"]);
+    stop.cancel();
+    task.await.expect("task");
+}

@@ -34,6 +34,8 @@ use crate::telemetry::propagation;
 
 /// How often librdkafka reports statistics (lag, group state) and commits stored offsets.
 const STATS_AND_COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often the consumer refreshes topic metadata, so a topic created after it subscribed is consumed soon.
+const METADATA_REFRESH: Duration = Duration::from_secs(10);
 
 /// The longest delay between two handler attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
@@ -113,6 +115,9 @@ impl KafkaConsumer {
             .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
             .set("statistics.interval.ms", STATS_AND_COMMIT_EVERY.as_millis().to_string())
             .set("allow.auto.create.topics", "false")
+            // A subscribed topic that does not exist yet (created a moment after the consumer subscribed) is only
+            // seen at the next metadata refresh: every 5 minutes by default, 10 s here.
+            .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH.as_millis().to_string())
             .create_with_context(StateContext { state: state.clone() })
             .map_err(ConsumeError::Start)?;
         consumer.subscribe(&[&config.topic]).map_err(ConsumeError::Start)?;
