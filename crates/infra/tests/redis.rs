@@ -253,6 +253,30 @@ async fn sessions_slide_expire_and_never_show_their_id() {
 }
 
 #[tokio::test]
+async fn an_owners_sessions_end_together_and_their_index_forgets_sessions_past_the_lifetime() {
+    use infra::redis::RedisSessionStore;
+    let redis = client("127.0.0.1:6379", &[]);
+    let prefix = unique("session");
+    let store = RedisSessionStore::new(redis.clone(), prefix.clone(), Duration::from_secs(60));
+    let lifetime = Duration::from_millis(500);
+    let user = User { id: 7, name: "Ada".into() };
+    for _ in 0..3 {
+        store.create_for("owner-7", &user, lifetime).await.expect("create");
+    }
+    let index = format!("{prefix}-of:owner-7");
+    assert_eq!(redis.zrange_all(&index).await.expect("index").len(), 3);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let kept = store.create_for("owner-7", &user, lifetime).await.expect("create");
+    assert_eq!(redis.zrange_all(&index).await.expect("index").len(), 1, "sessions past the lifetime are forgotten");
+    let bystander = store.create_for("owner-8", &user, lifetime).await.expect("create");
+
+    assert_eq!(store.delete_all_of("owner-7").await.expect("delete all"), 1);
+    assert_eq!(store.load::<User>(&kept).await.expect("load"), None);
+    assert!(redis.zrange_all(&index).await.expect("index").is_empty(), "the index is gone too");
+    assert!(store.load::<User>(&bystander).await.expect("load").is_some(), "another owner's session stays");
+}
+
+#[tokio::test]
 async fn the_rate_limiter_admits_the_burst_then_the_steady_rate_across_instances() {
     use infra::redis::{Limit, RateLimiter, WhenUnavailable};
     let prefix = unique("ratelimit");

@@ -171,16 +171,24 @@ async fn login_allowance(state: &AppState, client: &str, email: Option<&str>) ->
     let limits = &state.limits;
     let account = account_digest(email);
     let per_client = limits.login_limiter.check(&format!("login:{client}:{account}"), limits.login).await;
+    if let Some(refused) = refusal(per_client) {
+        return Err(refused);
+    }
+    // Checked only once the address is within its own limit: one address hammering an account spends its own
+    // budget, not the account's (which would lock the owner out from everywhere).
     let per_account = limits.login_limiter.check(&format!("login-account:{account}"), limits.login_per_account).await;
-    for decision in [per_client, per_account] {
-        if decision.unavailable {
-            return Err(Problem::unavailable("login attempts cannot be counted right now; retry later").into_response());
-        }
-        if !decision.allowed {
-            return Err(too_many_requests(decision, "too many login attempts for this account; retry later"));
-        }
+    if let Some(refused) = refusal(per_account) {
+        return Err(refused);
     }
     Ok(if per_account.remaining < per_client.remaining { per_account } else { per_client })
+}
+
+/// The refusal for a login limiter's `decision`: 503 when it could not count (fail closed), 429 when limited.
+fn refusal(decision: Decision) -> Option<Response> {
+    if decision.unavailable {
+        return Some(Problem::unavailable("login attempts cannot be counted right now; retry later").into_response());
+    }
+    (!decision.allowed).then(|| too_many_requests(decision, "too many login attempts for this account; retry later"))
 }
 
 /// The account part of the login limiters' keys: the email hashed (lower-cased first, as accounts are

@@ -112,9 +112,9 @@ impl Users {
                 "give at least one of name, email, password",
             )]));
         }
-        // Hashing is the expensive part: nothing is hashed for a user that does not exist.
-        self.repository.find(id).await?.ok_or(UserError::NotFound)?;
         if let Some(current) = current.filter(|_| sensitive) {
+            // Hashing is the expensive part: nothing is hashed for a user that does not exist.
+            self.repository.find(id).await?.ok_or(UserError::NotFound)?;
             self.confirm_password(actor.id, &current).await?;
         }
         let password_hash = match password {

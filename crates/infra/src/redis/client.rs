@@ -174,18 +174,25 @@ impl RedisClient {
         self.run("PEXPIRE", Some(key), Idempotent::Yes, cmd).await
     }
 
-    /// `SADD key member...`: how many members were new.
-    pub async fn sadd(&self, key: &str, members: &[&str]) -> Result<u64, RedisError> {
-        let mut cmd = redis::cmd("SADD");
-        cmd.arg(key).arg(members);
-        self.run("SADD", Some(key), Idempotent::Yes, cmd).await
+    /// `ZADD key score member`: whether the member is new (an existing one gets the new score).
+    pub async fn zadd(&self, key: &str, score: i64, member: &str) -> Result<bool, RedisError> {
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(key).arg(score).arg(member);
+        self.run("ZADD", Some(key), Idempotent::Yes, cmd).await
     }
 
-    /// `SMEMBERS key`: every member of the set (none for a missing key).
-    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, RedisError> {
-        let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(key);
-        self.run("SMEMBERS", Some(key), Idempotent::Yes, cmd).await
+    /// `ZREMRANGEBYSCORE key -inf max`: removes the members scored at most `max`; how many.
+    pub async fn zremrangebyscore_upto(&self, key: &str, max: i64) -> Result<u64, RedisError> {
+        let mut cmd = redis::cmd("ZREMRANGEBYSCORE");
+        cmd.arg(key).arg("-inf").arg(max);
+        self.run("ZREMRANGEBYSCORE", Some(key), Idempotent::Yes, cmd).await
+    }
+
+    /// `ZRANGE key 0 -1`: every member of the sorted set, lowest score first (none for a missing key).
+    pub async fn zrange_all(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(key).arg(0).arg(-1);
+        self.run("ZRANGE", Some(key), Idempotent::Yes, cmd).await
     }
 
     /// Stores `value` as JSON.

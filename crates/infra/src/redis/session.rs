@@ -67,7 +67,9 @@ impl RedisSessionStore {
 
     /// Creates a session holding `data` for `owner` (a user id, say), recorded in the owner's index so that
     /// [`RedisSessionStore::delete_all_of`] can end every session of theirs (password changed, account deleted, "sign
-    /// out everywhere"). The index lives as long as `max_lifetime`, the longest any of its sessions may live.
+    /// out everywhere"). `max_lifetime` is the absolute lifetime the caller enforces on its sessions: the index
+    /// (a sorted set scored by creation time) forgets sessions older than that at every creation, so an owner who
+    /// signs in every day does not grow it forever; it holds at most the sessions of the last `max_lifetime`.
     pub async fn create_for<T: Serialize>(
         &self,
         owner: &str,
@@ -77,8 +79,11 @@ impl RedisSessionStore {
         let id = SessionId::generate()?;
         let digest = digest(&id);
         let index = self.index_key(owner);
+        let now_ms = unix_millis();
+        let lifetime_ms = i64::try_from(max_lifetime.as_millis()).unwrap_or(i64::MAX);
         // Indexed first: a session that exists is always findable by its owner.
-        self.redis.sadd(&index, &[&digest]).await?;
+        self.redis.zadd(&index, now_ms, &digest).await?;
+        self.redis.zremrangebyscore_upto(&index, now_ms.saturating_sub(lifetime_ms)).await?;
         self.redis.expire(&index, max_lifetime.max(self.ttl)).await?;
         self.redis.set_json(&self.key_of_digest(&digest), data, self.ttl).await?;
         Ok(id)
@@ -89,7 +94,7 @@ impl RedisSessionStore {
         let index = self.index_key(owner);
         let mut ended = 0;
         // One key per command: the sessions may live on different nodes of a Redis Cluster.
-        for digest in self.redis.smembers(&index).await? {
+        for digest in self.redis.zrange_all(&index).await? {
             ended += self.redis.del(&[&self.key_of_digest(&digest)]).await?;
         }
         self.redis.del(&[&index]).await?;
@@ -123,6 +128,12 @@ impl RedisSessionStore {
     fn index_key(&self, owner: &str) -> String {
         format!("{}-of:{owner}", self.prefix)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The SHA-256 of the id, hex-encoded: what Redis keys and indexes hold instead of the id.
