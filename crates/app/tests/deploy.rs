@@ -83,6 +83,9 @@ fn compose_defines_the_seeds_stack_with_healthchecks_and_references_only_what_ex
         ("adminer", "rust-app-adminer", "8081:8080"),
         ("kafka-ui", "rust-app-kafka-ui", "8090:8080"),
         ("minio", "rust-app-minio", "9001:9001"),
+        ("jaeger", "rust-app-jaeger", "16686:16686"),
+        ("prometheus", "rust-app-prometheus", "9090:9090"),
+        ("grafana", "rust-app-grafana", "3000:3000"),
     ];
     let names = hash_keys(services);
     for (service, container, port) in expected {
@@ -93,6 +96,15 @@ fn compose_defines_the_seeds_stack_with_healthchecks_and_references_only_what_ex
         assert!(ports.iter().any(|p| p == port), "{service} publishes {port}: {ports:?}");
         assert!(!s["healthcheck"]["test"].is_badvalue(), "{service} has a healthcheck");
     }
+    for (service, spec) in services.as_hash().expect("services") {
+        let image = spec["image"].as_str().unwrap_or_default();
+        let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or_default();
+        assert!(!tag.is_empty() && tag != "latest" && !tag.contains('/'), "{service:?}: pin the image tag: {image:?}");
+    }
+    assert!(
+        services["kafka-ui"]["image"].as_str().is_some_and(|image| image.starts_with("kafbat/kafka-ui:")),
+        "the maintained Kafka UI (provectuslabs/kafka-ui is continued as kafbat/kafka-ui)"
+    );
     assert_eq!(services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str(), Some("broker,controller"), "KRaft");
     assert_eq!(services["postgres"]["environment"]["POSTGRES_DB"].as_str(), Some("rust_app"));
     assert_eq!(services["postgres"]["environment"]["POSTGRES_USER"].as_str(), Some("rust_app_user"));
@@ -225,4 +237,202 @@ fn the_dockerfile_builds_in_stages_runs_unprivileged_and_receives_sigterm() {
     assert!(instructions.contains(&"EXPOSE 8080"));
     let ignored = repo_file(".dockerignore");
     assert!(ignored.lines().any(|l| l.trim() == "target/"), "the build context leaves target/ out");
+}
+
+#[test]
+fn compose_runs_the_observability_stack_and_gives_rust_app_the_env_file() {
+    let compose = &yaml_docs("docker-compose.yml")[0];
+    let services = &compose["services"];
+    let app = &services["rust-app"];
+    // `cp .env.example .env` (README) reaches the container; without a .env the stack still starts.
+    let env_files = app["env_file"].as_vec().expect("rust-app has an env_file list");
+    assert!(
+        env_files.iter().any(|file| file["path"].as_str() == Some(".env") && file["required"].as_bool() == Some(false)),
+        "rust-app reads an optional .env: {env_files:?}"
+    );
+    // Traces go to Jaeger's OTLP gRPC receiver, listening beyond the container's loopback.
+    assert_eq!(app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(), Some("http://jaeger:4317"));
+    let jaeger_args: Vec<&str> =
+        services["jaeger"]["command"].as_vec().expect("jaeger command").iter().filter_map(Yaml::as_str).collect();
+    assert!(jaeger_args.contains(&"--set=receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317"), "{jaeger_args:?}");
+
+    // Prometheus reads deploy/prometheus: its configuration scrapes rust-app and loads the alert rules.
+    let mounts = |service: &str| -> Vec<String> {
+        services[service]["volumes"].as_vec().into_iter().flatten().filter_map(Yaml::as_str).map(String::from).collect()
+    };
+    assert!(mounts("prometheus").contains(&"./deploy/prometheus:/etc/prometheus:ro".to_string()));
+    let prometheus = &yaml_docs("deploy/prometheus/prometheus.yml")[0];
+    let rule_files: Vec<&str> =
+        prometheus["rule_files"].as_vec().expect("rule_files").iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(rule_files, ["alerts.yml"]);
+    let job = prometheus["scrape_configs"].as_vec().and_then(|jobs| jobs.first()).expect("a scrape job");
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    assert_eq!(job["static_configs"][0]["targets"][0].as_str(), Some("rust-app:8080"));
+
+    // Grafana is provisioned from deploy/grafana, its dashboard provider reading where the dashboards are mounted.
+    let grafana = mounts("grafana");
+    assert!(grafana.contains(&"./deploy/grafana/provisioning:/etc/grafana/provisioning:ro".to_string()), "{grafana:?}");
+    let provider = &yaml_docs("deploy/grafana/provisioning/dashboards/dashboards.yml")[0]["providers"][0];
+    let dashboards_at = provider["options"]["path"].as_str().expect("the provider's path");
+    assert!(grafana.contains(&format!("./deploy/grafana/dashboards:{dashboards_at}:ro")), "{grafana:?}");
+}
+
+/// The metrics docs/metrics.md documents, by name, with their type.
+fn documented_metrics() -> BTreeMap<String, String> {
+    let mut metrics = BTreeMap::new();
+    for line in repo_file("docs/metrics.md").lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if let [_, name, kind, ..] = cells.as_slice()
+            && let Some(name) = name.strip_prefix('`').and_then(|n| n.strip_suffix('`'))
+        {
+            metrics.insert(name.to_string(), kind.to_string());
+        }
+    }
+    metrics
+}
+
+/// The metric names a PromQL expression selects: identifiers outside label matchers, ranges, strings and
+/// `by (...)`-style label lists that are neither functions, aggregations, keywords nor numbers.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: [&str; 22] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "group",
+    ];
+    const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_next_group = false;
+    while i < chars.len() {
+        let c = chars[i];
+        let closing = match c {
+            '{' => Some('}'),
+            '[' => Some(']'),
+            '"' | '\'' => Some(c),
+            '(' if skip_next_group => Some(')'),
+            _ => None,
+        };
+        if let Some(closing) = closing {
+            skip_next_group = false;
+            i += 1;
+            while i < chars.len() && chars[i] != closing {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let preceded_by_dollar = start > 0 && chars[start - 1] == '$';
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if LABEL_LISTS.contains(&word.as_str()) {
+                skip_next_group = true;
+            } else if !preceded_by_dollar && next != Some(&'(') && !KEYWORDS.contains(&word.as_str()) {
+                names.insert(word);
+            }
+            continue;
+        }
+        if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_finds_the_series_and_nothing_else() {
+    let expr = r#"histogram_quantile(0.99, sum by (operation, le) (rate(postgres_query_duration_seconds_bucket{outcome="ok"}[$__rate_interval])))
+        / on (instance) group_left max without (state) (postgres_pool_max_connections) > 0.5 and up offset 5m"#;
+    let names: Vec<String> = promql_metric_names(expr).into_iter().collect();
+    assert_eq!(names, ["postgres_pool_max_connections", "postgres_query_duration_seconds_bucket", "up"]);
+}
+
+#[test]
+fn the_grafana_dashboard_queries_documented_metrics_through_the_provisioned_datasource() {
+    let datasources = &yaml_docs("deploy/grafana/provisioning/datasources/datasources.yml")[0]["datasources"];
+    let prometheus_uid = datasources
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .find(|source| source["type"].as_str() == Some("prometheus"))
+        .and_then(|source| source["uid"].as_str())
+        .expect("a provisioned Prometheus datasource with a uid");
+    let documented = documented_metrics();
+    assert!(documented.len() > 20, "docs/metrics.md's tables were read: {documented:?}");
+    let is_documented = |name: &str| {
+        documented.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix).is_some_and(|base| documented.get(base).is_some_and(|k| k == "histogram"))
+            })
+    };
+
+    let dashboard: serde_json::Value = serde_json::from_str(&repo_file("deploy/grafana/dashboards/rust-app.json"))
+        .expect("the dashboard is valid JSON");
+    assert_eq!(dashboard["uid"], "rust-app");
+    let panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| std::iter::once(panel).chain(panel["panels"].as_array().into_iter().flatten()))
+        .filter(|panel| panel["type"] != "row")
+        .collect();
+    let mut titles = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().expect("every panel has a title");
+        assert!(ids.insert(panel["id"].as_i64().expect("a panel id")), "{title}: panel ids are unique");
+        titles.insert(title);
+        assert_eq!(panel["datasource"]["uid"], prometheus_uid, "{title}: the provisioned datasource");
+        let targets = panel["targets"].as_array().filter(|t| !t.is_empty()).expect("queries");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], prometheus_uid, "{title}: the provisioned datasource");
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let names = promql_metric_names(expr);
+            assert!(!names.is_empty(), "{title}: {expr} selects no metric");
+            for name in names {
+                assert!(is_documented(&name), "{title}: {name} (in {expr}) is not in docs/metrics.md");
+            }
+        }
+    }
+    for expected in [
+        "Request rate by route",
+        "Errors",
+        "Latency",
+        "PostgreSQL pool",
+        "Cache hit rate",
+        "Circuit breakers",
+        "Consumer lag per partition",
+        "Outbox backlog",
+        "Dead-lettered records",
+    ] {
+        assert!(titles.contains(expected), "the dashboard has a {expected:?} panel: {titles:?}");
+    }
 }
