@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::events::retention::EventLogRetention;
+use crate::http::ops::OpsSources;
 use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
@@ -90,6 +91,18 @@ impl Application {
         let relay =
             OutboxRelay::new(postgres.clone(), producer.clone(), config.kafka.topic.clone(), settings.outbox.clone());
 
+        let ops = OpsSources {
+            service: config.service.name.clone(),
+            version: config.service.version.clone(),
+            started: Instant::now(),
+            postgres: postgres.clone(),
+            redis: redis.clone(),
+            kafka: kafka.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            dlq_timeout: config.health.check_timeout,
+            consumer: consumer.state(),
+            backlog: relay.backlog(),
+        };
         let mut health = HealthRegistry::new(config.health.clone());
         health
             .register(Arc::new(PostgresHealth::new(postgres.clone())), Criticality::Required)
@@ -125,6 +138,7 @@ impl Application {
                 ttl: settings.sessions.ttl,
             },
             requests: RequestLimits { body_limit: settings.http.body_limit, timeout: settings.http.request_timeout },
+            ops,
         });
         tracing::info!(
             service = %config.service.name,

@@ -8,6 +8,7 @@ pub mod extract;
 mod health;
 pub mod observe;
 pub mod openapi;
+pub mod ops;
 pub mod problem;
 pub mod rate_limit;
 pub mod sessions;
@@ -75,6 +76,8 @@ pub struct Services {
     pub cookie: CookieSettings,
     /// Request body and time limits.
     pub requests: RequestLimits,
+    /// What the ops page shows besides health.
+    pub ops: ops::OpsSources,
 }
 
 /// Rate limits of the API.
@@ -110,7 +113,7 @@ pub fn router(state: AppState) -> Router {
     ops_router(requests).merge(api_router(state.clone())).layer(from_fn(observe::observe)).with_state(state)
 }
 
-/// The routes the platform running the service calls: probes, health, metrics. Never rate limited (a probe or
+/// The routes the platform running the service calls: probes, health, metrics, and the ops page people read. Never rate limited (a probe or
 /// a scraper answered 429 would restart or blind the service exactly when it is busy) and, later, never behind
 /// the API's access control.
 fn ops_router(requests: RequestLimits) -> Router<AppState> {
@@ -119,8 +122,10 @@ fn ops_router(requests: RequestLimits) -> Router<AppState> {
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics));
-    let inspected =
-        Router::new().route("/health", get(health::health)).route("/health/{component}", get(health::component));
+    let inspected = Router::new()
+        .route("/health", get(health::health))
+        .route("/health/{component}", get(health::component))
+        .route("/ops", get(ops::page));
     handled(polled, requests).route_layer(map_response(observe::mark_polled)).merge(handled(inspected, requests))
 }
 

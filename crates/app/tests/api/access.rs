@@ -193,7 +193,7 @@ async fn every_api_route_answers_each_caller_as_its_access_rule_says() {
 #[tokio::test]
 async fn the_ops_routes_answer_anyone() {
     let app = spawn_app(&[]).await;
-    for path in ["/livez", "/readyz", "/health", "/health/postgres", "/metrics"] {
+    for path in ["/livez", "/readyz", "/health", "/health/postgres", "/metrics", "/ops"] {
         assert_eq!(app.get(path).await.status(), 200, "{path} anonymously");
         // Not behind the API's access control: a stale credential changes nothing.
         let response = app.client.get(format!("{}{path}", app.address)).bearer_auth("stale").send().await;

@@ -12,6 +12,7 @@ mod helpers;
 mod login_limits;
 mod metrics;
 mod migrations;
+mod ops;
 mod outbox;
 mod secrets;
 mod server_limits;

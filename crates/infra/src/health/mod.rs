@@ -9,4 +9,4 @@ mod registry;
 
 pub use check::{CheckFailure, Details, HealthCheck, PoolStats};
 pub use config::HealthConfig;
-pub use registry::{ComponentHealth, Criticality, HealthRegistry, Status};
+pub use registry::{ComponentHealth, Criticality, HealthRegistry, HealthReport, Status};

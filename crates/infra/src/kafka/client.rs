@@ -69,6 +69,25 @@ impl KafkaClient {
         Ok(TopicMetadata { brokers: metadata.brokers().len(), partitions: found.partitions().len() })
     }
 
+    /// Records `topic` holds now: over its partitions, the high watermark minus the low one (records removed by
+    /// retention no longer count). For the ops page's dead-letter depth; blocking calls run on the blocking pool,
+    /// each bounded by `timeout`. The broker answers from ListOffsets: a broker whose ListOffsets is wrong (the
+    /// local tansu reports the last batch's start) gives a wrong count.
+    pub async fn topic_record_count(&self, topic: &str, timeout: Duration) -> Result<i64, KafkaError> {
+        let partitions = self.topic_metadata(topic, timeout).await?.partitions;
+        let admin = self.admin.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            (0..partitions as i32).try_fold(0, |count, partition| {
+                let (low, high) = admin.inner().fetch_watermarks(&name, partition, timeout)?;
+                Ok(count + (high - low).max(0))
+            })
+        })
+        .await
+        .map_err(|err| KafkaError::Aborted(err.to_string()))?
+        .map_err(KafkaError::Metadata)
+    }
+
     /// Creates `topic` unless it exists. Brokers with auto-creation would create it on first produce anyway;
     /// creating it up front makes health green from the start and fixes the partition count.
     pub async fn ensure_topic(&self, topic: &str, partitions: i32, timeout: Duration) -> Result<(), KafkaError> {
