@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod events;
 pub mod http;
+pub mod metric_catalog;
 pub mod migrations;
 pub mod outbox;
 pub mod port;

@@ -75,6 +75,7 @@ impl Application {
         let config = &settings.config;
         // Before the clients: they register their metrics when built.
         let metrics = infra::telemetry::prometheus::install()?;
+        crate::metric_catalog::describe();
         let postgres = PostgresClient::connect_lazy(&config.postgres)?;
         if config.postgres.migrate_on_start {
             crate::migrations::apply(&postgres).await.context("applying migrations at start")?;

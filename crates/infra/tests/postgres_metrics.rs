@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use infra::config::Sources;
 use infra::postgres::metrics::names;
 use infra::postgres::{Isolation, PostgresClient, PostgresConfig, RetryPolicy, sql};
+use infra::resilience::names::BREAKER_STATE;
 use infra::settings::Config;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use test_support::postgres::TestDb;
@@ -75,7 +76,10 @@ async fn queries_errors_pool_and_retries_are_measured() {
     assert_eq!(value(names::TRANSACTION_RETRIES, &[]), Some(&DebugValue::Counter(1)));
     assert_eq!(value(names::POOL_MAX, &[]), Some(&DebugValue::Gauge(4.0.into())));
     assert_eq!(value(names::POOL_WAITING, &[]), Some(&DebugValue::Gauge(0.0.into())));
-    assert_eq!(value(names::BREAKER_STATE, &[]), Some(&DebugValue::Gauge(0.0.into())), "closed");
+    for (state, expected) in [("closed", 1.0), ("open", 0.0), ("half_open", 0.0)] {
+        let series = value(BREAKER_STATE, &[("name", "postgres"), ("state", state)]);
+        assert_eq!(series, Some(&DebugValue::Gauge(expected.into())), "one series per state, 1 for closed");
+    }
     let Some(&DebugValue::Gauge(idle)) = value(names::POOL_CONNECTIONS, &[("state", "idle")]) else {
         panic!("idle gauge")
     };

@@ -16,7 +16,7 @@ pub struct ClientIp(pub IpAddr);
 /// trusted is the client. A malformed entry stops the walk at the last trusted hop, so a forged header can
 /// never make the client look like someone it is not further than the proxies vouch for.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&canonical(*ip)));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return canonical(peer);
     }
@@ -36,6 +36,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         }
     }
     canonical(client)
+}
+
+/// Whether `peer` is one of the `trusted` proxies, whose forwarding headers are believed.
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&canonical(peer)))
 }
 
 /// What a client address is limited as: an IPv4 address alone, an IPv6 address by its /64. One IPv6 subscriber

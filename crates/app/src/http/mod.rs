@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::{StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state, map_response};
+use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use infra::health::HealthRegistry;
@@ -110,7 +110,11 @@ pub struct RequestLimits {
 /// needs, composed here under one `observe` layer that sees (and measures) every answer of both, 429s included.
 pub fn router(state: AppState) -> Router {
     let requests = state.requests;
-    ops_router(requests).merge(api_router(state.clone())).layer(from_fn(observe::observe)).with_state(state)
+    let proxies: Arc<[IpNet]> = state.limits.trusted_proxies.as_slice().into();
+    ops_router(requests)
+        .merge(api_router(state.clone()))
+        .layer(from_fn_with_state(proxies, observe::observe))
+        .with_state(state)
 }
 
 /// The routes the platform running the service calls: probes, health, metrics, and the ops page people read. Never rate limited (a probe or
@@ -246,5 +250,8 @@ async fn time_limit(State(limit): State<Duration>, request: Request, next: Next)
 
 /// Every metric of the process in the Prometheus text exposition format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        infra::telemetry::prometheus::render(&state.metrics),
+    )
 }

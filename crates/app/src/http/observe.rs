@@ -1,17 +1,26 @@
 //! Per-request observability: the request id, the server span (continuing the caller's W3C trace), the HTTP
 //! metrics, and one log line per request.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::header::USER_AGENT;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use infra::telemetry::propagation;
+use ipnet::IpNet;
 use opentelemetry_http::HeaderExtractor;
+use opentelemetry_semantic_conventions::attribute::{
+    CLIENT_ADDRESS, ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
+    USER_AGENT_ORIGINAL,
+};
 use tracing::Instrument;
 use tracing::field::Empty;
+
+use super::client_ip::{client_ip, is_trusted_proxy};
 
 /// The header carrying the request id, in and out.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,24 +44,21 @@ pub async fn mark_polled(mut response: Response) -> Response {
     response
 }
 
+/// The `route` label of requests no route matched (metrics only: their span has no `http.route`).
+pub const UNMATCHED: &str = "unmatched";
+
+/// The longest `user_agent.original` recorded; longer ones are cut (a header may be kilobytes).
+const MAX_USER_AGENT_LEN: usize = 256;
+
 /// Wraps every request: takes `x-request-id` from the caller (or makes one), runs the request inside its
-/// span with the id as correlation id, and returns the id in the response.
-pub async fn observe(mut request: Request, next: Next) -> Response {
+/// span with the id as correlation id, and returns the id in the response. `proxies` are the peers whose
+/// `X-Forwarded-For` / `X-Forwarded-Proto` are believed (HTTP_TRUSTED_PROXIES), as for rate limiting.
+pub async fn observe(State(proxies): State<Arc<[IpNet]>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
-    let span = tracing::info_span!(
-        "http.request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method,
-        http.route = %route,
-        url.path = %request.uri().path(),
-        http.response.status_code = Empty,
-        request_id = %request_id,
-    );
+    let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_string());
+    let span = server_span(&request, method, route.as_deref(), &request_id, &proxies);
     propagation::continue_trace(&span, &HeaderExtractor(request.headers()));
     let id_header = HeaderValue::from_str(&request_id).ok();
     if let Some(value) = &id_header {
@@ -63,16 +69,73 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     if let Some(value) = id_header {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
-    finish(&span, method, &route, &response, started);
+    finish(&span, method, route.as_deref().unwrap_or(UNMATCHED), &response, started);
     response
+}
+
+/// The server span on OpenTelemetry's stable HTTP conventions (names from `opentelemetry-semantic-conventions`):
+/// `METHOD /route`, or `METHOD` alone when no route matched (a raw path would make span names unbounded), and
+/// `HTTP` for a method outside the standard ones. `client.address` is the client as rate limiting sees it.
+fn server_span(
+    request: &Request,
+    method: &'static str,
+    route: Option<&str>,
+    request_id: &str,
+    proxies: &[IpNet],
+) -> tracing::Span {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+    let client = peer.map(|peer| client_ip(peer, request.headers(), proxies));
+    let name_method = if method == OTHER_METHOD { "HTTP" } else { method };
+    let name = match route {
+        Some(route) => format!("{name_method} {route}"),
+        None => name_method.to_string(),
+    };
+    let user_agent = request.headers().get(USER_AGENT).and_then(|value| value.to_str().ok()).map(bounded_user_agent);
+    tracing::info_span!(
+        "http.request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        { HTTP_REQUEST_METHOD } = method,
+        { HTTP_ROUTE } = route,
+        { URL_PATH } = request.uri().path(),
+        { URL_SCHEME } = scheme(request, peer, proxies),
+        { CLIENT_ADDRESS } = client.map(tracing::field::display),
+        { USER_AGENT_ORIGINAL } = user_agent,
+        { HTTP_RESPONSE_STATUS_CODE } = Empty,
+        { ERROR_TYPE } = Empty,
+        request_id = %request_id,
+    )
+}
+
+/// `https` when a trusted proxy says so (`X-Forwarded-Proto`), else `http`: the service itself serves plain
+/// HTTP, TLS ends at the proxy or ingress in front of it.
+fn scheme(request: &Request, peer: Option<IpAddr>, proxies: &[IpNet]) -> &'static str {
+    let forwarded = request.headers().get("x-forwarded-proto").and_then(|value| value.to_str().ok());
+    let vouched = peer.is_some_and(|peer| is_trusted_proxy(peer, proxies));
+    match forwarded {
+        Some(proto) if vouched && proto.trim().eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
+}
+
+/// At most [`MAX_USER_AGENT_LEN`] bytes of `agent`, cut at a character boundary.
+fn bounded_user_agent(agent: &str) -> &str {
+    let mut end = agent.len().min(MAX_USER_AGENT_LEN);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    &agent[..end]
 }
 
 fn finish(span: &tracing::Span, method: &'static str, route: &str, response: &Response, started: Instant) {
     let elapsed = started.elapsed();
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record(HTTP_RESPONSE_STATUS_CODE, status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
+        // The conventions' error type of a server error without an exception: the status code.
+        span.record(ERROR_TYPE, status.as_str());
     }
     let labels =
         [("method", method.to_string()), ("route", route.to_string()), ("status", status.as_u16().to_string())];
@@ -98,6 +161,9 @@ fn caller_request_id(request: &Request) -> Option<String> {
     ok.then(|| raw.to_string())
 }
 
+/// The `method` label and `http.request.method` of a method outside the standard ones (OpenTelemetry's value).
+const OTHER_METHOD: &str = "_OTHER";
+
 /// The method as a bounded label: the standard methods, or `_OTHER` (OpenTelemetry's convention).
 fn method_label(method: &Method) -> &'static str {
     match *method {
@@ -108,12 +174,14 @@ fn method_label(method: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => "_OTHER",
+        _ => OTHER_METHOD,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn request_with_id(id: &str) -> Request {
@@ -168,9 +236,131 @@ mod tests {
         let polled = axum::Router::new()
             .route("/probe", get(|| async { "up" }))
             .route_layer(axum::middleware::map_response(mark_polled));
-        let router = polled.route("/api", get(|| async { "data" })).layer(axum::middleware::from_fn(observe));
+        let router = polled
+            .route("/api", get(|| async { "data" }))
+            .layer(axum::middleware::from_fn_with_state(Arc::from([]), observe));
         assert_eq!(finished_levels(router.clone(), "/probe").await, [tracing::Level::DEBUG]);
         assert_eq!(finished_levels(router.clone(), "/api").await, [tracing::Level::INFO]);
         assert_eq!(finished_levels(router, "/nowhere").await, [tracing::Level::INFO]);
+    }
+
+    /// The fields of the `http.request` span of each request sent to `router` (`peer` as the TCP peer), as text.
+    async fn server_spans(router: axum::Router, requests: Vec<Request>, peer: &str) -> Vec<BTreeMap<String, String>> {
+        use std::sync::Mutex;
+        use tower::ServiceExt;
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+        use tracing_subscriber::registry::LookupSpan;
+
+        type Spans = Arc<Mutex<Vec<(Id, BTreeMap<String, String>)>>>;
+        struct Text<'a>(&'a mut BTreeMap<String, String>);
+        impl Visit for Text<'_> {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_string(), format!("{value:?}"));
+            }
+            fn record_str(&mut self, field: &Field, value: &str) {
+                self.0.insert(field.name().to_string(), value.to_string());
+            }
+        }
+        struct Server(Spans);
+        impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Server {
+            fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+                if attrs.metadata().name() == "http.request" {
+                    let mut fields = BTreeMap::new();
+                    attrs.record(&mut Text(&mut fields));
+                    self.0.lock().expect("spans").push((id.clone(), fields));
+                }
+            }
+            fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+                let mut spans = self.0.lock().expect("spans");
+                if let Some((_, fields)) = spans.iter_mut().find(|(known, _)| known == id) {
+                    values.record(&mut Text(fields));
+                }
+            }
+        }
+        let spans: Spans = Arc::default();
+        let subscriber = tracing_subscriber::registry().with(Server(spans.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let peer: SocketAddr = peer.parse().expect("peer");
+        for mut request in requests {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request).await.expect("answered");
+        }
+        let spans = spans.lock().expect("spans");
+        spans.iter().map(|(_, fields)| fields.clone()).collect()
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(axum::body::Body::empty()).expect("request")
+    }
+
+    fn traced_router(proxies: &[&str]) -> axum::Router {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let proxies: Arc<[IpNet]> = proxies.iter().map(|net| net.parse().expect("net")).collect();
+        axum::Router::new()
+            .route("/boom/{id}", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+            .route("/ok", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(proxies, observe))
+    }
+
+    fn field<'a>(span: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+        span.get(name).map(String::as_str)
+    }
+
+    #[tokio::test]
+    async fn server_spans_carry_the_stable_http_attributes_and_error_type_on_5xx() {
+        let requests = vec![request("GET", "/boom/7", &[("user-agent", "probe/1.0")]), request("GET", "/ok", &[])];
+        let spans = server_spans(traced_router(&[]), requests, "203.0.113.9:40000").await;
+        let [boom, ok] = spans.as_slice() else { panic!("two server spans: {spans:?}") };
+        assert_eq!(field(boom, "otel.name"), Some("GET /boom/{id}"));
+        assert_eq!(field(boom, "http.request.method"), Some("GET"));
+        assert_eq!(field(boom, "http.route"), Some("/boom/{id}"));
+        assert_eq!(field(boom, "url.path"), Some("/boom/7"));
+        assert_eq!(field(boom, "url.scheme"), Some("http"));
+        assert_eq!(field(boom, "client.address"), Some("203.0.113.9"));
+        assert_eq!(field(boom, "user_agent.original"), Some("probe/1.0"));
+        assert_eq!(field(boom, "http.response.status_code"), Some("500"));
+        assert_eq!(field(boom, "error.type"), Some("500"));
+        assert_eq!(field(boom, "otel.status_code"), Some("ERROR"));
+        assert_eq!(field(ok, "http.response.status_code"), Some("200"));
+        assert_eq!(field(ok, "error.type"), None, "no error type below 500");
+        assert_eq!(field(ok, "user_agent.original"), None);
+    }
+
+    #[tokio::test]
+    async fn an_unmatched_path_is_named_by_its_method_alone_and_has_no_route() {
+        let requests = vec![request("GET", "/no/such/path", &[]), request("PURGE", "/ok", &[])];
+        let spans = server_spans(traced_router(&[]), requests, "203.0.113.9:40000").await;
+        let [unmatched, purge] = spans.as_slice() else { panic!("two server spans: {spans:?}") };
+        assert_eq!(field(unmatched, "otel.name"), Some("GET"));
+        assert_eq!(field(unmatched, "http.route"), None);
+        assert_eq!(field(unmatched, "url.path"), Some("/no/such/path"));
+        assert_eq!(field(purge, "http.request.method"), Some("_OTHER"));
+        assert!(field(purge, "otel.name").is_some_and(|name| name.starts_with("HTTP")), "{purge:?}");
+    }
+
+    #[tokio::test]
+    async fn forwarded_client_and_scheme_are_believed_from_trusted_proxies_only() {
+        let forwarded = [("x-forwarded-for", "198.51.100.7"), ("x-forwarded-proto", "https")];
+        let via_proxy =
+            server_spans(traced_router(&["10.0.0.0/8"]), vec![request("GET", "/ok", &forwarded)], "10.0.0.2:1").await;
+        assert_eq!(field(&via_proxy[0], "client.address"), Some("198.51.100.7"));
+        assert_eq!(field(&via_proxy[0], "url.scheme"), Some("https"));
+        let direct = server_spans(traced_router(&[]), vec![request("GET", "/ok", &forwarded)], "203.0.113.9:1").await;
+        assert_eq!(field(&direct[0], "client.address"), Some("203.0.113.9"));
+        assert_eq!(field(&direct[0], "url.scheme"), Some("http"));
+    }
+
+    #[test]
+    fn long_user_agents_are_cut_at_a_character_boundary() {
+        let agent = "é".repeat(200);
+        let cut = bounded_user_agent(&agent);
+        assert!(cut.len() <= MAX_USER_AGENT_LEN && agent.starts_with(cut) && !cut.is_empty());
     }
 }

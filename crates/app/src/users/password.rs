@@ -27,8 +27,8 @@ use super::{Password, UserError};
 /// the defaults (19 MiB); a stored hash asking for more is refused rather than allowed to allocate it.
 const MAX_MEMORY_KIB: u32 = 64 * 1024;
 
-/// Hashes refused because the queue was full (each one a 503 `overloaded`).
-const REJECTIONS: &str = "password_hash_rejections_total";
+/// Counter: hashes refused because the queue was full (each one a 503 `overloaded`).
+pub const REJECTIONS: &str = "password_hash_rejections_total";
 
 /// How long a client told the service is busy should wait before trying again, in seconds.
 pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;

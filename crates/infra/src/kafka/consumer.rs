@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
@@ -29,6 +29,7 @@ use super::error::{ConsumeError, FailureKind, HandlerError};
 use super::metrics::ConsumerMetrics;
 use super::producer::KafkaProducer;
 use super::record::{Record, RecordHeaders, headers::CORRELATION_ID};
+use super::spans;
 use super::state::ConsumerState;
 use crate::telemetry::propagation;
 
@@ -84,6 +85,7 @@ pub struct KafkaConsumer {
     state: ConsumerState,
     metrics: ConsumerMetrics,
     address: String,
+    group: String,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -136,6 +138,7 @@ impl KafkaConsumer {
             state,
             metrics: ConsumerMetrics::new(&config.topic),
             address: config.bootstrap_servers(),
+            group: config.consumer_group.clone(),
         })
     }
 
@@ -234,22 +237,7 @@ impl KafkaConsumer {
 
     /// Handles one record: attempts with backoff, then the dead-letter topic.
     async fn process(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Outcome {
-        let span = tracing::info_span!(
-            target: "infra::kafka",
-            "kafka.process",
-            otel.name = format!("{} process", record.topic),
-            otel.kind = "consumer",
-            otel.status_code = Empty,
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = %record.topic,
-            messaging.kafka.destination.partition = record.partition,
-            messaging.kafka.message.offset = record.offset,
-            messaging.consumer.group.name = Empty,
-            attempts = Empty,
-            dead_lettered = false,
-            correlation_id = Empty,
-        );
+        let span = spans::process(record, &self.group, &self.address);
         propagation::continue_trace(&span, &RecordHeaders(record));
         let correlation =
             record.header(CORRELATION_ID).and_then(|id| std::str::from_utf8(id).ok()).map(Arc::<str>::from);
@@ -271,6 +259,7 @@ impl KafkaConsumer {
             Attempts::Failed { attempts, error } => {
                 span.record("attempts", attempts);
                 span.record("otel.status_code", "ERROR");
+                span.record(ERROR_TYPE, "handler_failed");
                 span.record("dead_lettered", true);
                 match self.dead_letter(record, &error, attempts, shutdown).instrument(span.clone()).await {
                     true => (Outcome::Done, true),

@@ -14,6 +14,7 @@ mod health;
 pub mod metrics;
 mod producer;
 mod record;
+mod spans;
 mod state;
 
 pub use client::{KafkaClient, TopicMetadata};

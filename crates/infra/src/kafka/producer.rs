@@ -5,17 +5,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::field::Empty;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
 use super::error::ProduceError;
 use super::metrics::ProducerMetrics;
 use super::record::context_headers;
+use super::spans;
 
 /// Where a record was stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,20 +76,7 @@ impl KafkaProducer {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<Delivered, ProduceError> {
-        let span = tracing::info_span!(
-            target: "infra::kafka",
-            "kafka.produce",
-            otel.name = format!("{topic} publish"),
-            otel.kind = "producer",
-            otel.status_code = Empty,
-            messaging.system = "kafka",
-            messaging.operation.type = "publish",
-            messaging.destination.name = topic,
-            messaging.kafka.destination.partition = Empty,
-            messaging.kafka.message.offset = Empty,
-            messaging.message.body.size = value.len(),
-            error.type = Empty,
-        );
+        let span = spans::send(topic, value.len(), &self.address);
         let context = context_headers(&span, headers);
         let mut owned = OwnedHeaders::new_with_capacity(headers.len() + context.len());
         for (name, value) in headers {
@@ -108,13 +96,12 @@ impl KafkaProducer {
             .map_err(|(err, _)| self.classify(topic, err));
         match &result {
             Ok(delivered) => {
-                span.record("messaging.kafka.destination.partition", delivered.partition);
-                span.record("messaging.kafka.message.offset", delivered.offset);
+                spans::delivered(&span, delivered.partition, delivered.offset);
                 self.metrics.delivered(topic, started.elapsed());
             }
             Err(err) => {
                 span.record("otel.status_code", "ERROR");
-                span.record("error.type", err.metric_class());
+                span.record(ERROR_TYPE, err.metric_class());
                 self.metrics.delivery_failed(topic, started.elapsed());
             }
         }

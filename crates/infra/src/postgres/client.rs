@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use opentelemetry_semantic_conventions::attribute::{DB_NAMESPACE, DB_SYSTEM_NAME};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
 use sqlx::{Connection, PgPool};
@@ -212,8 +213,11 @@ impl PostgresClient {
     /// Runs on a connection of its own with no statement timeout: POSTGRES_STATEMENT_TIMEOUT is for the service's
     /// statements; a migration (or the wait for another instance's migration lock) may legitimately take longer.
     pub async fn migrate(&self, migrator: &sqlx::migrate::Migrator) -> Result<Vec<i64>, PostgresError> {
-        let span =
-            tracing::info_span!("postgresql migrate", db.system = "postgresql", db.name = %self.inner.meta.database);
+        let span = tracing::info_span!(
+            "postgresql migrate",
+            { DB_SYSTEM_NAME } = super::query::POSTGRESQL,
+            { DB_NAMESPACE } = %self.inner.meta.database,
+        );
         // Through the breaker first: an outage is reported as such.
         let conn = self.gated(Box::pin(self.inner.pool.acquire())).await?;
         drop(conn);
@@ -277,15 +281,12 @@ impl PostgresClient {
     /// statement when inline. sqlx's own executor boxes it the same way.
     async fn gated<T>(&self, from_pool: BoxFuture<'_, Result<T, sqlx::Error>>) -> Result<T, PostgresError> {
         let inner = &self.inner;
-        let permit = inner.breaker.acquire().map_err(|open| {
-            inner.metrics.breaker.set(inner.breaker.state().as_gauge());
-            self.refused(open)
-        })?;
+        // The breaker keeps its own state gauges (`circuit_breaker_state`).
+        let permit = inner.breaker.acquire().map_err(|open| self.refused(open))?;
         if permit.is_probe()
             && let Err(cause) = Box::pin(self.probe()).await
         {
             permit.failure();
-            inner.metrics.breaker.set(inner.breaker.state().as_gauge());
             return Err(self.unavailable(cause));
         }
         inner.metrics.waiting.increment(1.0);
@@ -294,13 +295,9 @@ impl PostgresClient {
         let waited = started.elapsed();
         inner.metrics.waiting.decrement(1.0);
         inner.metrics.acquired(waited);
-        let probe = permit.is_probe();
         let outcome = match result {
             Ok(value) => {
                 permit.success();
-                if probe {
-                    inner.metrics.breaker.set(inner.breaker.state().as_gauge());
-                }
                 inner.metrics.pool_state(inner.pool.size(), inner.pool.num_idle());
                 return Ok(value);
             }
@@ -325,7 +322,6 @@ impl PostgresClient {
                 }
             }
         };
-        inner.metrics.breaker.set(inner.breaker.state().as_gauge());
         self.pool_stats();
         outcome
     }

@@ -23,8 +23,6 @@ pub mod names {
     pub const ERRORS: &str = "postgres_errors_total";
     /// Counter: transaction attempts retried after a serialization failure or deadlock.
     pub const TRANSACTION_RETRIES: &str = "postgres_transaction_retries_total";
-    /// Gauge: circuit breaker state (0 closed, 1 half-open, 2 open).
-    pub const BREAKER_STATE: &str = "postgres_breaker_state";
 }
 
 /// Handles registered once per client, so the hot path does no registry look-up.
@@ -35,7 +33,6 @@ pub(crate) struct PoolMetrics {
     pub(crate) waiting: Gauge,
     acquire: Histogram,
     pub(crate) retries: Counter,
-    pub(crate) breaker: Gauge,
 }
 
 impl PoolMetrics {
@@ -47,7 +44,6 @@ impl PoolMetrics {
             waiting: gauge!(names::POOL_WAITING),
             acquire: histogram!(names::ACQUIRE_DURATION),
             retries: counter!(names::TRANSACTION_RETRIES),
-            breaker: gauge!(names::BREAKER_STATE),
         }
     }
 

@@ -5,6 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry_semantic_conventions::attribute::{
+    DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT, DB_RESPONSE_RETURNED_ROWS, DB_RESPONSE_STATUS_CODE, DB_SYSTEM_NAME,
+    ERROR_TYPE, SERVER_ADDRESS, SERVER_PORT,
+};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tracing::Span;
 use tracing::field::Empty;
@@ -14,6 +18,13 @@ use super::error::PostgresError;
 use super::isolation::Isolation;
 use super::metrics::StatementMetrics;
 use super::statement::{Row, Statement};
+
+/// `db.system.name` of every span of this module (the conventions' well-known value).
+pub(crate) const POSTGRESQL: &str = "postgresql";
+/// A transaction span's isolation level: this service's own attribute, the conventions have none.
+pub(crate) const ISOLATION_LEVEL: &str = "rust_app.db.transaction.isolation_level";
+/// How a transaction span ended (`committed`, `rolled_back`, …): this service's own attribute.
+pub(crate) const TRANSACTION_OUTCOME: &str = "rust_app.db.transaction.outcome";
 
 /// What every span of a client carries, computed once.
 #[derive(Clone, Debug)]
@@ -39,7 +50,8 @@ impl QueryMeta {
         }
     }
 
-    /// A client span named `{operation} {database}`: the SQL text is recorded, bound values never are.
+    /// A client span named `{operation} {database}` on OpenTelemetry's stable database conventions: the SQL text
+    /// (parameterised: `$1`, never the bound values), the operation, the database and the server.
     pub(crate) fn span(&self, statement: &Statement) -> Span {
         let operation = statement.operation();
         tracing::info_span!(
@@ -48,18 +60,20 @@ impl QueryMeta {
             otel.name = %format_args!("{operation} {}", self.database),
             otel.kind = "client",
             otel.status_code = Empty,
-            db.system = "postgresql",
-            db.operation = operation,
-            db.statement = statement.sql,
-            db.name = %self.database,
-            server.address = %self.host,
-            server.port = self.port,
-            db.response.rows = Empty,
-            db.response.status_code = Empty,
-            error.type = Empty,
+            { DB_SYSTEM_NAME } = POSTGRESQL,
+            { DB_OPERATION_NAME } = operation,
+            { DB_QUERY_TEXT } = statement.sql,
+            { DB_NAMESPACE } = %self.database,
+            { SERVER_ADDRESS } = %self.host,
+            { SERVER_PORT } = self.port,
+            { DB_RESPONSE_RETURNED_ROWS } = Empty,
+            { DB_RESPONSE_STATUS_CODE } = Empty,
+            { ERROR_TYPE } = Empty,
         )
     }
 
+    /// The span of a whole transaction: its isolation level and how it ended are this service's own
+    /// attributes (`rust_app.` prefix), the conventions have none.
     pub(crate) fn transaction_span(&self, isolation: Isolation) -> Span {
         tracing::info_span!(
             target: "infra::postgres",
@@ -67,13 +81,13 @@ impl QueryMeta {
             otel.name = %format_args!("TRANSACTION {}", self.database),
             otel.kind = "client",
             otel.status_code = Empty,
-            db.system = "postgresql",
-            db.operation = "TRANSACTION",
-            db.name = %self.database,
-            db.isolation_level = isolation.name(),
-            server.address = %self.host,
-            server.port = self.port,
-            db.transaction.outcome = Empty,
+            { DB_SYSTEM_NAME } = POSTGRESQL,
+            { DB_OPERATION_NAME } = "TRANSACTION",
+            { DB_NAMESPACE } = %self.database,
+            { ISOLATION_LEVEL } = isolation.name(),
+            { SERVER_ADDRESS } = %self.host,
+            { SERVER_PORT } = self.port,
+            { TRANSACTION_OUTCOME } = Empty,
         )
     }
 }
@@ -100,21 +114,22 @@ where
     let elapsed = started.elapsed();
     match &result {
         Ok(value) => {
-            span.record("db.response.rows", rows(value));
+            span.record(DB_RESPONSE_RETURNED_ROWS, rows(value));
         }
         Err(err) => {
             span.record("otel.status_code", "ERROR");
-            span.record("error.type", err.metric_class());
+            span.record(ERROR_TYPE, err.metric_class());
             if let Some(sqlstate) = err.sqlstate() {
-                span.record("db.response.status_code", sqlstate);
+                span.record(DB_RESPONSE_STATUS_CODE, sqlstate);
             }
         }
     }
     if elapsed >= meta.slow_query_threshold {
         tracing::warn!(
             parent: &span,
-            db.statement = sql,
+            // A named field first: `{` right after `parent:` would be read as a block of fields.
             duration_ms = elapsed.as_millis() as u64,
+            { DB_QUERY_TEXT } = sql,
             threshold_ms = meta.slow_query_threshold.as_millis() as u64,
             "slow query"
         );

@@ -91,7 +91,7 @@ impl Transaction {
             (Ok(()), false) => "rolled_back",
             (Err(_), _) => "failed",
         };
-        span.record("db.transaction.outcome", outcome);
+        span.record(query::TRANSACTION_OUTCOME, outcome);
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
@@ -119,7 +119,7 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         // sqlx rolls back an unfinished transaction when it is dropped; say so in the trace.
         if self.tx.is_some() {
-            self.span.record("db.transaction.outcome", "rolled_back_on_drop");
+            self.span.record(query::TRANSACTION_OUTCOME, "rolled_back_on_drop");
         }
     }
 }

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use opentelemetry_semantic_conventions::attribute::{
+    DB_NAMESPACE, DB_OPERATION_NAME, DB_SYSTEM_NAME, ERROR_TYPE, SERVER_ADDRESS, SERVER_PORT,
+};
 use redis::cluster::ClusterClient;
 use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, ToRedisArgs};
 use secrecy::ExposeSecret;
@@ -46,6 +49,10 @@ impl fmt::Debug for RedisClient {
         f.debug_struct("RedisClient").field("address", &self.inner.address).finish_non_exhaustive()
     }
 }
+
+/// The span attribute naming what kind of key a command touched: this service's own (the conventions have no
+/// key attribute, and a whole key may hold a session digest, an address or an account name).
+pub const KEY_PREFIX: &str = "rust_app.redis.key_prefix";
 
 /// Whether a command may be sent again after a failure that may or may not have reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,13 +285,13 @@ impl RedisClient {
             otel.name = name,
             otel.kind = "client",
             otel.status_code = Empty,
-            db.system = "redis",
-            db.operation = name,
-            db.redis.database_index = inner.db,
-            db.redis.key = key,
-            server.address = %inner.host,
-            server.port = inner.port,
-            error.type = Empty,
+            { DB_SYSTEM_NAME } = "redis",
+            { DB_OPERATION_NAME } = name,
+            { DB_NAMESPACE } = %inner.db,
+            { KEY_PREFIX } = key.and_then(key_prefix),
+            { SERVER_ADDRESS } = %inner.host,
+            { SERVER_PORT } = inner.port,
+            { ERROR_TYPE } = Empty,
         );
         let started = Instant::now();
         let notify = |err: &RedisError, delay: Duration| {
@@ -308,7 +315,7 @@ impl RedisClient {
         };
         if let Err(err) = &result {
             span.record("otel.status_code", "ERROR");
-            span.record("error.type", err.metric_class());
+            span.record(ERROR_TYPE, err.metric_class());
         }
         inner.metrics.done(name, started.elapsed(), result.as_ref().err().map(RedisError::metric_class));
         result
@@ -320,18 +327,11 @@ impl RedisClient {
     {
         let inner = &self.inner;
         let permit = inner.breaker.acquire().map_err(|open| RedisError::CircuitOpen { retry_in: open.retry_in })?;
-        // The breaker can only change state on a failure or a half-open probe: only then is its gauge refreshed.
-        let probe = permit.is_probe();
-        let refresh = |failed: bool| {
-            if failed || probe {
-                inner.metrics.breaker(inner.breaker.state());
-            }
-        };
+        // The breaker keeps its own state gauges (`circuit_breaker_state`).
         let mut lease = match inner.pool.get().await {
             Ok(lease) => lease,
             Err(err) => {
                 permit.failure();
-                refresh(true);
                 return Err(RedisError::Unavailable { cause: err.0 });
             }
         };
@@ -350,7 +350,6 @@ impl RedisClient {
                 Err(RedisError::from_redis(name, &err))
             }
         };
-        refresh(result.is_err());
         result
     }
 }
@@ -390,4 +389,27 @@ fn no_address() -> redis::RedisError {
 /// Only connection-level failures are retried: an error reply would fail again.
 fn is_retryable(err: &RedisError) -> bool {
     matches!(err, RedisError::Unavailable { .. })
+}
+
+/// The part of `key` before its first `:` (`session`, `user`, `rate`) when it looks like a configured prefix: a
+/// short name of letters, digits, `_` and `-`. A key without one yields nothing rather than the key itself.
+fn key_prefix(key: &str) -> Option<&str> {
+    let (prefix, _) = key.split_once(':')?;
+    let plain = prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (plain && !prefix.is_empty() && prefix.len() <= 32).then_some(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_prefix;
+
+    #[test]
+    fn only_a_plain_prefix_of_a_key_is_shown() {
+        assert_eq!(key_prefix("session:9f86d081884c7d659a2feaa0c55ad015"), Some("session"));
+        assert_eq!(key_prefix("rate:login:203.0.113.9:ada@example.com"), Some("rate"));
+        assert_eq!(key_prefix("user:{0190b3c2}"), Some("user"));
+        assert_eq!(key_prefix("9f86d081884c7d659a2feaa0c55ad015"), None, "no prefix: nothing, not the key");
+        assert_eq!(key_prefix("{tag}:x"), None);
+        assert_eq!(key_prefix(":x"), None);
+    }
 }

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use metrics::{Gauge, counter, gauge, histogram};
+use metrics::{counter, histogram};
 
 use crate::outcome_histograms::OutcomeHistograms;
-use crate::resilience::BreakerState;
 
 /// Metric names of the whole Redis layer: commands, cache and rate limiter.
 pub mod names {
@@ -15,8 +14,6 @@ pub mod names {
     pub const ERRORS: &str = "redis_errors_total";
     /// Counter: retries of idempotent commands by `command`.
     pub const RETRIES: &str = "redis_retries_total";
-    /// Gauge: circuit breaker state (0 closed, 1 half-open, 2 open).
-    pub const BREAKER_STATE: &str = "redis_breaker_state";
     /// Counter: cache lookups by `result` = `hit` | `miss` | `error` | `bypass`.
     pub const CACHE_LOOKUPS: &str = "redis_cache_lookups_total";
     /// Histogram: `get_or_load` duration by `result`, seconds (a miss includes the loader).
@@ -34,7 +31,6 @@ const ERROR_KINDS: [&str; 4] = ["unavailable", "circuit_open", "command", "conve
 
 #[derive(Clone)]
 pub(crate) struct RedisMetrics {
-    breaker: Gauge,
     durations: OutcomeHistograms,
 }
 
@@ -48,7 +44,7 @@ impl RedisMetrics {
         for command in COMMANDS {
             counter!(names::RETRIES, "command" => command).increment(0);
         }
-        RedisMetrics { breaker: gauge!(names::BREAKER_STATE), durations }
+        RedisMetrics { durations }
     }
 
     pub(crate) fn done(&self, command: &'static str, elapsed: Duration, error: Option<&'static str>) {
@@ -60,10 +56,6 @@ impl RedisMetrics {
 
     pub(crate) fn retried(&self, command: &'static str) {
         counter!(names::RETRIES, "command" => command).increment(1);
-    }
-
-    pub(crate) fn breaker(&self, state: BreakerState) {
-        self.breaker.set(state.as_gauge());
     }
 }
 

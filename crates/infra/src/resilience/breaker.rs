@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use metrics::{Gauge, gauge};
 use serde::Serialize;
 
 use super::clock::{Clock, SystemClock};
@@ -97,12 +98,41 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    /// 0 closed, 1 half-open, 2 open: for a gauge.
-    pub fn as_gauge(self) -> f64 {
+    /// Every state, in the order of the metric's series.
+    pub const ALL: [BreakerState; 3] = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
+
+    /// The `state` label (and health detail): `closed`, `open` or `half_open`.
+    pub fn label(self) -> &'static str {
         match self {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Metric names of the breakers (described in `crate::telemetry::catalog`, documented in docs/metrics.md).
+pub mod names {
+    /// Gauge: one series per breaker `name` and `state`, 1 for the state the breaker is in and 0 for the others.
+    pub const BREAKER_STATE: &str = "circuit_breaker_state";
+}
+
+/// The breaker's state as one gauge per state (1 for the current one): `max by (name) (circuit_breaker_state{state=
+/// "open"})` needs no knowledge of a numeric encoding, and a dashboard can stack them.
+struct StateGauges([(BreakerState, Gauge); 3]);
+
+impl StateGauges {
+    fn new(name: &'static str) -> Self {
+        let gauges = BreakerState::ALL
+            .map(|state| (state, gauge!(names::BREAKER_STATE, "name" => name, "state" => state.label())));
+        let gauges = StateGauges(gauges);
+        gauges.show(BreakerState::Closed);
+        gauges
+    }
+
+    fn show(&self, current: BreakerState) {
+        for (state, gauge) in &self.0 {
+            gauge.set(if *state == current { 1.0 } else { 0.0 });
         }
     }
 }
@@ -124,6 +154,16 @@ enum Phase {
     HalfOpen { admitted: u32, succeeded: u32 },
 }
 
+impl Phase {
+    fn state(&self) -> BreakerState {
+        match self {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     phase: Phase,
@@ -140,6 +180,7 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    gauges: StateGauges,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -201,7 +242,7 @@ impl CircuitBreaker {
     /// A breaker on the given clock (tests pass a [`super::FakeClock`]).
     pub fn with_clock(name: &'static str, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         let inner = Inner { phase: Phase::Closed, generation: 0, consecutive: 0, window: VecDeque::new() };
-        CircuitBreaker { name, config, clock, inner: Mutex::new(inner) }
+        CircuitBreaker { name, config, clock, inner: Mutex::new(inner), gauges: StateGauges::new(name) }
     }
 
     /// The breaker's name.
@@ -236,11 +277,7 @@ impl CircuitBreaker {
         let now = self.clock.now();
         let mut inner = self.lock();
         self.expire_open(&mut inner, now);
-        match inner.phase {
-            Phase::Closed => BreakerState::Closed,
-            Phase::Open { .. } => BreakerState::Open,
-            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
+        inner.phase.state()
     }
 
     fn record(&self, generation: u64, outcome: Outcome) {
@@ -299,6 +336,7 @@ impl CircuitBreaker {
             Phase::HalfOpen { .. } => tracing::info!(breaker = self.name, "circuit breaker half-open: probing"),
             Phase::Closed => tracing::info!(breaker = self.name, "circuit breaker closed"),
         }
+        self.gauges.show(to.state());
         inner.phase = to;
         inner.generation += 1;
         inner.consecutive = 0;
@@ -445,5 +483,37 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         probe.success();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn its_state_is_one_gauge_per_state_set_to_one_for_the_current_state() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let (b, clock) = metrics::with_local_recorder(&recorder, || breaker(streak_only(2)));
+        let current = || {
+            let mut ones: Vec<String> = snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter(|(key, _, _, value)| {
+                    key.key().name() == names::BREAKER_STATE && *value == DebugValue::Gauge(1.0.into())
+                })
+                .filter_map(|(key, _, _, _)| {
+                    key.key().labels().find(|l| l.key() == "state").map(|l| l.value().to_string())
+                })
+                .collect();
+            ones.sort();
+            ones
+        };
+        assert_eq!(current(), ["closed"]);
+        fail(&b, 2);
+        assert_eq!(current(), ["open"]);
+        clock.advance(BreakerConfig::default().open_for);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(current(), ["half_open"]);
+        b.acquire().expect("probe").success();
+        assert_eq!(current(), ["closed"]);
+        assert_eq!(snapshotter.snapshot().into_vec().len(), 3, "one series per state");
     }
 }

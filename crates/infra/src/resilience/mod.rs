@@ -3,5 +3,5 @@
 mod breaker;
 mod clock;
 
-pub use breaker::{BreakerConfig, BreakerState, BreakerVariables, CircuitBreaker, CircuitOpen, Permit};
+pub use breaker::{BreakerConfig, BreakerState, BreakerVariables, CircuitBreaker, CircuitOpen, Permit, names};
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -5,15 +5,18 @@
 //!   `service.name`.
 //! - Traces: `tracing` spans become OpenTelemetry spans (tracing-opentelemetry), exported over OTLP gRPC when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-//! - Metrics: the Prometheus recorder ([`prometheus::install`]), rendered by the service's `/metrics`.
+//! - Metrics: the Prometheus recorder ([`prometheus::install`]), rendered by the service's `/metrics`
+//!   ([`prometheus::render`], which adds the process metrics); every metric described in [`catalog`].
 //!
 //! Client spans (one per SQL statement, Redis command or Kafka message) are for the trace pipeline, not for
 //! log lines: formatting every statement's attributes into JSON would cost more than the statement's own
 //! client-side work (measured: ~18 µs per statement). Events inside such spans are still logged (a
 //! slow-query warning carries its statement and duration itself).
 
+pub mod catalog;
 pub mod config;
 mod error;
+mod process;
 pub mod prometheus;
 pub mod propagation;
 mod traces;

@@ -17,8 +17,9 @@ pub const DURATION_BUCKETS: [f64; 14] =
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
-/// Installs the Prometheus recorder as the global `metrics` recorder, once per process, and returns the
-/// handle that renders it. Later calls return the same handle (tests start several services in one process).
+/// Installs the Prometheus recorder as the global `metrics` recorder, once per process, describes the infra
+/// crate's metrics to it ([`super::catalog::INFRA_METRICS`]) and returns the handle that renders it. Later calls
+/// return the same handle (tests start several services in one process).
 ///
 /// Install it before building the clients: they register their metrics when they are built.
 pub fn install() -> Result<PrometheusHandle, TelemetryError> {
@@ -32,6 +33,15 @@ pub fn install() -> Result<PrometheusHandle, TelemetryError> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|err| TelemetryError::Metrics(err.to_string()))?;
+    super::catalog::describe(super::catalog::INFRA_METRICS);
     *installed = Some(handle.clone());
     Ok(handle)
+}
+
+/// The text of `/metrics`: every recorded metric, then the process's own (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, …, read from `/proc` now; absent where there is no `/proc`).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    text.push_str(&super::process::render());
+    text
 }
