@@ -11,7 +11,7 @@ use infra::kafka::{Handler, HandlerError, KafkaClient, KafkaConsumer, KafkaProdu
 use infra::settings::Config;
 use infra::telemetry::propagation;
 use opentelemetry::trace::SpanKind;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use test_support::unique;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
@@ -95,5 +95,29 @@ async fn the_consumer_span_continues_the_producers_trace_and_the_correlation_id_
     assert_eq!(publish.span_context.trace_id().to_string(), request_trace);
     assert_eq!(process.span_context.trace_id(), publish.span_context.trace_id());
     assert_eq!(process.parent_span_id, publish.span_context.span_id(), "processing is a child of publishing");
-    assert_eq!(process.name, format!("{topic} process"));
+    assert_eq!(process.name, format!("process {topic}"));
+    assert_eq!(publish.name, format!("send {topic}"));
+
+    // OpenTelemetry's messaging conventions for Kafka.
+    let attribute = |span: &SpanData, key: &str| {
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+    };
+    let delivered = |key: &str| attribute(publish, key);
+    let processed = |key: &str| attribute(process, key);
+    for span in [publish, process] {
+        assert_eq!(attribute(span, "messaging.system").as_deref(), Some("kafka"));
+        assert_eq!(attribute(span, "messaging.destination.name").as_deref(), Some(topic.as_str()));
+        assert_eq!(attribute(span, "messaging.destination.partition.id").as_deref(), Some("0"), "one partition");
+        assert_eq!(attribute(span, "server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(attribute(span, "server.port").as_deref(), Some("9092"));
+        assert_eq!(attribute(span, "messaging.kafka.message.key"), None, "keys are the caller's data");
+    }
+    assert_eq!(delivered("messaging.operation.type").as_deref(), Some("send"));
+    assert_eq!(delivered("messaging.operation.name").as_deref(), Some("send"));
+    assert_eq!(delivered("messaging.kafka.offset"), Some(record.offset.to_string()));
+    assert_eq!(delivered("messaging.message.body.size").as_deref(), Some("1"));
+    assert_eq!(processed("messaging.operation.type").as_deref(), Some("process"));
+    assert_eq!(processed("messaging.operation.name").as_deref(), Some("process"));
+    assert_eq!(processed("messaging.kafka.offset"), Some(record.offset.to_string()));
+    assert_eq!(processed("messaging.consumer.group.name").as_deref(), Some(group.as_str()));
 }

@@ -246,7 +246,7 @@ async fn sessions_slide_expire_and_never_show_their_id() {
     assert_eq!(store.load::<User>(&other).await.expect("load"), None);
 
     let captured = logs.text();
-    assert!(captured.contains("\"db.system\":\"redis\""), "commands were traced:\n{captured}");
+    assert!(captured.contains("\"db.system.name\":\"redis\""), "commands were traced:\n{captured}");
     for secret in [id.expose(), other.expose()] {
         assert!(!captured.contains(secret), "a session id reached the logs or spans");
     }

@@ -2,6 +2,9 @@
 //! service has done the work that records them, and no unbounded label values.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use infra::config::Sources;
@@ -90,8 +93,10 @@ async fn metrics_until(app: &TestApp, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-#[tokio::test]
-async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_labels() {
+/// A service that has used every dependency (PostgreSQL, Redis's cache, Kafka's producer, consumer and
+/// dead-letter topic, an HTTP 404), and its `/metrics` once the consumer has caught up. The event id it
+/// published is returned too (it must never become a label).
+async fn scrape_after_using_every_dependency() -> (TestApp, String, String) {
     let topic = unique("metrics");
     let overrides = [("KAFKA_TOPIC", topic.as_str()), ("KAFKA_MAX_RETRIES", "1"), ("KAFKA_RETRY_BACKOFF", "10ms")];
     let app = spawn_admin_app(&overrides).await;
@@ -117,6 +122,12 @@ async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_l
 
     let dead_lettered = format!("kafka_dead_lettered_total{{topic=\"{topic}\"}} 1");
     let text = metrics_until(&app, |text| text.contains(&dead_lettered) && text.contains("kafka_consumer_lag{")).await;
+    (app, text, event_id)
+}
+
+#[tokio::test]
+async fn metrics_are_valid_exposition_with_every_documented_family_and_bounded_labels() {
+    let (app, text, event_id) = scrape_after_using_every_dependency().await;
 
     let mut names = BTreeSet::new();
     for line in text.lines().filter(|line| !line.trim().is_empty() && !line.starts_with('#')) {
@@ -153,7 +164,9 @@ fn every_metric_the_alert_rules_use_is_documented() {
     let documented = documented_families();
     let mut used = BTreeSet::new();
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if ["postgres_", "redis_", "kafka_", "http_", "outbox_"].iter().any(|prefix| word.starts_with(prefix)) {
+        let prefixes =
+            ["postgres_", "redis_", "kafka_", "http_", "outbox_", "circuit_breaker_", "process_", "rust_app_"];
+        if prefixes.iter().any(|prefix| word.starts_with(prefix)) {
             let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
             used.insert(family.to_string());
         }
@@ -161,4 +174,98 @@ fn every_metric_the_alert_rules_use_is_documented() {
     assert!(used.len() >= 10, "the rules use the service's metrics: {used:?}");
     let undocumented: Vec<&String> = used.iter().filter(|name| !documented.contains(name)).collect();
     assert!(undocumented.is_empty(), "alert rules use undocumented metrics: {undocumented:?}");
+}
+
+/// promtool, from Debian's prometheus package: scripts/check-alerts (run by scripts/test before the tests)
+/// unpacks it there.
+fn promtool() -> PathBuf {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.stack/bin/promtool"));
+    assert!(path.exists(), "no {}: run scripts/check-alerts (scripts/test does) to fetch promtool", path.display());
+    path
+}
+
+/// What `promtool check metrics` prints about `text` (its lint: HELP, units, counter names …), with its status.
+fn promtool_check_metrics(text: &str) -> (bool, String) {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("scrape written to promtool");
+    let output = child.wait_with_output().expect("promtool finished");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
+
+/// The families of `text`'s samples that have no `# HELP` line with text (a histogram's `_bucket`, `_sum` and
+/// `_count` belong to its family).
+fn families_without_help(text: &str) -> BTreeSet<String> {
+    let mut helped = BTreeSet::new();
+    let mut histograms = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, help)) = rest.split_once(' ')
+                && !help.trim().is_empty()
+            {
+                helped.insert(name.to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+            && matches!(kind, "histogram" | "summary")
+        {
+            histograms.insert(name.to_string());
+        }
+    }
+    let samples = text.lines().filter(|line| !line.trim().is_empty() && !line.starts_with('#'));
+    samples
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(|name| {
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| name.strip_suffix(suffix));
+            match base {
+                Some(base) if histograms.contains(base) => base.to_string(),
+                _ => name.to_string(),
+            }
+        })
+        .filter(|family| !helped.contains(family))
+        .collect()
+}
+
+#[test]
+fn a_series_without_help_is_found() {
+    let text = "# HELP a_total Counted.\n# TYPE a_total counter\na_total 1\n# TYPE b_seconds histogram\n\
+                b_seconds_bucket{le=\"+Inf\"} 1\nb_seconds_sum 1\nb_seconds_count 1\nc 2\n";
+    assert_eq!(families_without_help(text), BTreeSet::from(["b_seconds".to_string(), "c".to_string()]));
+}
+
+#[test]
+fn promtool_reports_a_metric_without_help() {
+    let (_, printed) = promtool_check_metrics("# TYPE undescribed gauge\nundescribed 1\n");
+    assert!(printed.contains("no help text"), "promtool's lint is what the live check relies on: {printed}");
+}
+
+#[tokio::test]
+async fn a_live_scrape_has_help_on_every_family_and_passes_promtool_check_metrics_silently() {
+    let (app, text, _) = scrape_after_using_every_dependency().await;
+    let undescribed = families_without_help(&text);
+    assert!(
+        undescribed.is_empty(),
+        "series without HELP: {undescribed:?}. Describe each in infra::telemetry::catalog::INFRA_METRICS or \
+         app::metric_catalog::APP_METRICS (and document it in docs/metrics.md)"
+    );
+    for family in
+        ["circuit_breaker_state", "process_cpu_seconds_total", "process_resident_memory_bytes", "rust_app_build_info"]
+    {
+        assert!(text.contains(&format!("# HELP {family} ")), "{family} is missing:\n{text}");
+    }
+    let build = format!("rust_app_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{build} missing");
+    for state in ["closed", "open", "half_open"] {
+        let series = format!("circuit_breaker_state{{name=\"postgres\",state=\"{state}\"}}");
+        assert!(text.contains(&series), "{series} missing");
+    }
+    let (passed, printed) = promtool_check_metrics(&text);
+    assert!(passed && printed.trim().is_empty(), "promtool check metrics:\n{printed}\n--- scrape ---\n{text}");
+    app.stop().await;
 }

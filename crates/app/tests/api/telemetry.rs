@@ -38,6 +38,90 @@ fn find<'a>(spans: &'a [ReceivedSpan], what: &str, matches: impl Fn(&ReceivedSpa
     spans.iter().find(|s| matches(s)).unwrap_or_else(|| panic!("no {what} span among {names:?}"))
 }
 
+/// `span`'s value of each attribute in `expected` (`None` = present, any value), and what is missing or differs.
+fn mismatches(span: &ReceivedSpan, expected: &[(&str, Option<&str>)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, value) in expected {
+        match (span.attributes.get(*name), value) {
+            (None, _) => found.push(format!("{}: no {name}", span.name)),
+            (Some(actual), Some(value)) if actual != value => found.push(format!("{}: {name} = {actual:?}", span.name)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The attribute names (and well-known values) of OpenTelemetry's stable HTTP and database conventions and of
+/// its messaging conventions for Kafka, on a captured span of each kind; and none of the names they replaced.
+fn assert_conventions(
+    server: &ReceivedSpan,
+    send: &ReceivedSpan,
+    process: &ReceivedSpan,
+    redis: &ReceivedSpan,
+    insert: &ReceivedSpan,
+) {
+    let any = None;
+    let mut found = mismatches(
+        server,
+        &[
+            ("http.request.method", Some("POST")),
+            ("http.route", Some("/events")),
+            ("url.path", Some("/events")),
+            ("url.scheme", Some("http")),
+            ("client.address", Some("127.0.0.1")),
+            ("user_agent.original", Some("telemetry-test/1.0")),
+            ("http.response.status_code", Some("202")),
+        ],
+    );
+    let database = [("db.namespace", any), ("server.address", any), ("server.port", any)];
+    found.extend(mismatches(insert, &[("db.system.name", Some("postgresql")), ("db.query.text", any)]));
+    found.extend(mismatches(insert, &[("db.response.returned_rows", any)]));
+    found.extend(mismatches(insert, &database));
+    found.extend(mismatches(redis, &[("db.operation.name", any)]));
+    found.extend(mismatches(redis, &database));
+    let kafka = [
+        ("messaging.system", Some("kafka")),
+        ("messaging.destination.name", any),
+        ("messaging.destination.partition.id", any),
+        ("messaging.kafka.offset", any),
+        ("server.address", any),
+        ("server.port", Some("9092")),
+    ];
+    found.extend(mismatches(
+        send,
+        &[("messaging.operation.type", Some("send")), ("messaging.operation.name", Some("send"))],
+    ));
+    found.extend(mismatches(send, &kafka));
+    found.extend(mismatches(
+        process,
+        &[("messaging.operation.type", Some("process")), ("messaging.consumer.group.name", any)],
+    ));
+    found.extend(mismatches(process, &kafka));
+    let replaced = [
+        "db.system",
+        "db.operation",
+        "db.statement",
+        "db.name",
+        "db.response.rows",
+        "db.redis.key",
+        "db.redis.database_index",
+        "messaging.kafka.destination.partition",
+        "messaging.kafka.message.offset",
+        "messaging.kafka.message.key",
+    ];
+    for span in [server, send, process, redis, insert] {
+        found.extend(
+            replaced
+                .iter()
+                .filter(|old| span.attributes.contains_key(**old))
+                .map(|old| format!("{}: {old}", span.name)),
+        );
+    }
+    assert!(found.is_empty(), "spans off the conventions: {found:#?}");
+    let text = insert.attributes["db.query.text"].as_str();
+    assert!(text.starts_with("INSERT") && text.contains("$1"), "parameterised SQL, never values: {text}");
+}
+
 #[tokio::test]
 async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consumers_database_write() {
     let receiver = OtlpReceiver::start().await;
@@ -54,6 +138,7 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
     let response = client
         .post(format!("{}/events", service.address))
         .bearer_auth(&publisher.token)
+        .header("user-agent", "telemetry-test/1.0")
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .header("x-request-id", &request_id)
         .json(&serde_json::json!({"type": "user.created", "key": "user-1", "data": {"name": "Ada"}}))
@@ -66,10 +151,10 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
 
     // Spans arrive as they end, in batches: wait for all of them, not just the last one to start.
     let recorded = |spans: &[ReceivedSpan]| {
-        spans.iter().any(|s| s.attributes.get("db.operation").is_some_and(|o| o == "INSERT"))
+        spans.iter().any(|s| s.attributes.get("db.operation.name").is_some_and(|o| o == "INSERT"))
             && spans.iter().any(|s| s.name == "POST /events")
-            && spans.iter().any(|s| s.name.ends_with(" publish"))
-            && spans.iter().any(|s| s.name.ends_with(" process"))
+            && spans.iter().any(|s| s.name.starts_with("send "))
+            && spans.iter().any(|s| s.name.starts_with("process "))
     };
     let spans = spans_of(&receiver, trace_id, recorded).await;
     let server = find(&spans, "HTTP server", |s| s.name == "POST /events");
@@ -78,17 +163,23 @@ async fn one_request_is_one_trace_from_http_through_redis_and_kafka_to_the_consu
     assert_eq!(server.attributes.get("http.response.status_code").map(String::as_str), Some("202"));
     assert_eq!(server.attributes.get("request_id"), Some(&request_id));
     assert_eq!(server.service_name, "rust-app-e2e");
-    let redis = find(&spans, "Redis", |s| s.attributes.get("db.system").is_some_and(|v| v == "redis"));
-    let publish = find(&spans, "Kafka publish", |s| s.name.ends_with(" publish"));
-    let process = find(&spans, "Kafka process", |s| s.name.ends_with(" process"));
-    let insert = find(&spans, "PostgreSQL INSERT", |s| s.attributes.get("db.operation").is_some_and(|o| o == "INSERT"));
+    let redis = find(&spans, "Redis", |s| s.attributes.get("db.system.name").is_some_and(|v| v == "redis"));
+    let publish = find(&spans, "Kafka send", |s| s.name.starts_with("send "));
+    let process = find(&spans, "Kafka process", |s| s.name.starts_with("process "));
+    let insert =
+        find(&spans, "PostgreSQL INSERT", |s| s.attributes.get("db.operation.name").is_some_and(|o| o == "INSERT"));
     assert_eq!(redis.parent_span_id, server.span_id, "the rate limiter and the session check run inside the request");
     assert_eq!(publish.parent_span_id, server.span_id, "publishing runs inside the request");
     assert_eq!(process.parent_span_id, publish.span_id, "the consumer continues the producer's span");
     assert_eq!(insert.parent_span_id, process.span_id, "the event log write runs inside the processing");
     assert_eq!(process.attributes.get("correlation_id"), Some(&request_id), "the request id travels as correlation id");
+    assert_conventions(server, publish, process, redis, insert);
+    for span in &spans {
+        let leaked = span.attributes.iter().find(|(_, value)| value.contains(publisher.token.as_str()));
+        assert!(leaked.is_none(), "the session id reached span {}: {leaked:?}", span.name);
+    }
     assert_eq!(
-        process.attributes.get("messaging.kafka.message.offset").map(String::as_str),
+        process.attributes.get("messaging.kafka.offset").map(String::as_str),
         Some(published["offset"].to_string().as_str())
     );
 

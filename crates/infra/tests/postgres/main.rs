@@ -358,11 +358,12 @@ async fn statements_are_spans_with_database_attributes_and_slow_ones_are_logged(
         text.lines().find(|l| l.contains("\"slow query\"")).unwrap_or_else(|| panic!("no slow-query warning:\n{text}"));
     let event: serde_json::Value = serde_json::from_str(slow).expect("json line");
     assert_eq!(event["level"], "WARN");
-    assert_eq!(event["fields"]["db.statement"], "SELECT pg_sleep(0.2), $1::text");
+    assert_eq!(event["fields"]["db.query.text"], "SELECT pg_sleep(0.2), $1::text");
     let span = &event["span"];
-    assert_eq!(span["db.system"], "postgresql");
-    assert_eq!(span["db.operation"], "SELECT");
-    assert_eq!(span["db.name"], db.name.as_str());
+    assert_eq!(span["db.system.name"], "postgresql");
+    assert_eq!(span["db.operation.name"], "SELECT");
+    assert_eq!(span["db.query.text"], "SELECT pg_sleep(0.2), $1::text");
+    assert_eq!(span["db.namespace"], db.name.as_str());
     assert_eq!(span["server.address"], "127.0.0.1");
     assert_eq!(span["otel.name"], format!("SELECT {}", db.name));
     assert!(!text.contains("bound-value-never-recorded"), "bound values are never recorded:\n{text}");
