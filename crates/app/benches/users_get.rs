@@ -46,7 +46,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
@@ -241,7 +241,11 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
     match side {
         Side::App => app,
         Side::Bare => serve(bare_router(body)).await,
-        Side::Observe => serve(bare_router(body).layer(from_fn(app::http::observe::observe))).await,
+        Side::Observe => {
+            // No trusted proxies, as by default.
+            let proxies: Arc<[ipnet::IpNet]> = Arc::from([]);
+            serve(bare_router(body).layer(from_fn_with_state(proxies, app::http::observe::observe))).await
+        }
         Side::Limiter => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");
             let limiter = RateLimiter::new(redis, "bench-rate", WhenUnavailable::from_config(&config.redis));

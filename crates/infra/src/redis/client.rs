@@ -335,7 +335,7 @@ impl RedisClient {
                 return Err(RedisError::Unavailable { cause: err.0 });
             }
         };
-        let result = match cmd.query_async::<T>(&mut lease.conn).await {
+        match cmd.query_async::<T>(&mut lease.conn).await {
             Ok(value) => {
                 permit.success();
                 Ok(value)
@@ -349,8 +349,7 @@ impl RedisClient {
                 permit.success();
                 Err(RedisError::from_redis(name, &err))
             }
-        };
-        result
+        }
     }
 }
 
