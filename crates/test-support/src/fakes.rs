@@ -72,6 +72,13 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (redis-server shuts down cleanly), and reaped; [`RedisServer::restart`] starts it again, empty.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for RedisServer {

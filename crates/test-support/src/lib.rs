@@ -1,10 +1,12 @@
 //! Helpers for the integration tests of the workspace: real servers of the tests' own (PostgreSQL, Redis, Kafka),
-//! per-test databases on the shared stack, fake dependencies, and log capture. Never used by production code.
+//! per-test databases on the shared stack, fake dependencies, a TCP proxy to fault the network, and log capture.
+//! Never used by production code.
 
 pub mod fakes;
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
+pub mod proxy;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
