@@ -75,9 +75,7 @@ impl RedisServer {
 
     /// SIGTERM (redis-server shuts down cleanly), and reaped; [`RedisServer::restart`] starts it again, empty.
     pub fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
+        crate::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 

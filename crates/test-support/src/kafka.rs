@@ -63,16 +63,7 @@ impl PrivateKafka {
 
     /// SIGTERM, and reaped (SIGKILL after 10 s): a graceful stop.
     pub fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(None) = self.child.try_wait() {
-            if Instant::now() >= deadline {
-                self.kill();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::terminate(&mut self.child, Duration::from_secs(10));
     }
 
     /// Starts it again (empty) on the same ports after [`PrivateKafka::kill`] or [`PrivateKafka::terminate`].

@@ -61,6 +61,21 @@ impl Write for CapturedLogs {
     }
 }
 
+/// SIGTERM to `child`, then reaped; SIGKILL if it still runs after `limit` (a graceful stop, bounded).
+pub(crate) fn terminate(child: &mut std::process::Child, limit: Duration) {
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + limit;
+    while let Ok(None) = child.try_wait() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+}
+
 /// Polls `check` until it returns true, for at most `limit`.
 pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::activity::{ActivityKind, UserActivityEvent};
+use super::activity::{ActivityKind, user_event};
 use super::{
     Activity, ActivityCursor, Email, NewUser, PasswordHash, Role, StoredChanges, User, UserCache, UserError, UserId,
     UserRepository,
@@ -134,8 +134,7 @@ impl EventProjection for UserCacheInvalidation {
     }
 
     async fn apply(&self, event: &Event) -> Result<Applied, ProjectionError> {
-        let entry = UserActivityEvent::from_event(event).map_err(|err| ProjectionError::Poison(err.to_string()))?;
-        match entry {
+        match user_event(event)? {
             Some(entry) if matches!(entry.kind, ActivityKind::Updated | ActivityKind::Deleted) => {
                 self.cache.invalidate(entry.user_id).await?;
                 Ok(Applied::Applied)

@@ -186,6 +186,22 @@ pub async fn outbox_drained(deployment: &Deployment) -> Result<Instant, String> 
     }
 }
 
+/// The error of the last line an instance printed at WARN or ERROR that mentions `topic`, shortened: what to read
+/// first when a check about it failed.
+pub fn last_complaint(deployment: &Deployment, topic: &str) -> Option<String> {
+    deployment.instances.iter().find_map(|instance| {
+        let output = instance.output();
+        let line = output
+            .lines()
+            .rev()
+            .find(|line| line.contains(topic) && (line.contains("WARN") || line.contains("ERROR")))?;
+        // A JSON log line: its error says it best.
+        let parsed: Option<serde_json::Value> = serde_json::from_str(line).ok();
+        let error = parsed.as_ref().and_then(|fields| fields["error"].as_str().or(fields["message"].as_str()));
+        Some(error.unwrap_or(line).chars().take(300).collect())
+    })
+}
+
 /// The first few problems and how many there were.
 fn summarize(problems: &[String]) -> String {
     let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();

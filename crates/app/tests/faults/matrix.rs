@@ -31,6 +31,8 @@ const PROXY_FAULT_FOR: Duration = Duration::from_secs(6);
 const ADDED_LATENCY: Duration = Duration::from_millis(200);
 /// Load after the fault ended.
 const AFTER: Duration = Duration::from_secs(4);
+/// The longest failure text a table cell shows.
+const CELL_CHARS: usize = 160;
 /// The names of the recovery probe's users start with this.
 const PROBE: &str = "probe-";
 /// How long the service may take to serve every kind of request again through both instances.
@@ -334,7 +336,10 @@ async fn verify(
         match checks::outbox_drained(deployment).await {
             Ok(at) => consistent = consistent.max(at),
             Err(failure) => {
-                failures.push(format!("the outbox relay does not publish again after the broker restart: {failure}"));
+                let logged = checks::last_complaint(deployment, "outbox").unwrap_or_default();
+                failures.push(format!(
+                    "the outbox relay does not publish again after the broker restart: {failure}; last logged: {logged}"
+                ));
                 return Err(failures);
             }
         }
@@ -355,6 +360,15 @@ fn registered_after_restart(api: &Api, touched: &HashSet<String>) -> HashSet<Str
     touched.iter().filter(probed).cloned().collect()
 }
 
+/// The failures as a table cell: each cut to [`CELL_CHARS`] (the test's own message has them whole).
+fn shortened(failures: &[String]) -> String {
+    let short = |failure: &String| match failure.char_indices().nth(CELL_CHARS) {
+        Some((end, _)) => format!("{}…", &failure[..end]),
+        None => failure.clone(),
+    };
+    failures.iter().map(short).collect::<Vec<_>>().join("; ")
+}
+
 /// Writes the table so far to target/reliability/table.md.
 fn write_table(rows: &[Row], elapsed: Duration) {
     let mut table = String::from(
@@ -370,7 +384,7 @@ fn write_table(rows: &[Row], elapsed: Duration) {
         let seconds =
             |duration: Option<Duration>| duration.map_or("—".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
         let mut result =
-            if row.failures.is_empty() { "ok".to_string() } else { format!("FAIL: {}", row.failures.join("; ")) };
+            if row.failures.is_empty() { "ok".to_string() } else { format!("FAIL: {}", shortened(&row.failures)) };
         if !row.notes.is_empty() {
             let _ = write!(result, " ({})", row.notes.join("; "));
         }
