@@ -28,6 +28,7 @@ use crate::outbox::relay::OutboxRelay;
 use crate::serve::ServerLimits;
 use crate::settings::Settings;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
+use crate::users::cache::UserCacheInvalidation;
 use crate::users::postgres::PostgresUsers;
 use crate::users::redis::{RedisSessions, RedisUserCache};
 use crate::users::{CachedUserRepository, Users};
@@ -86,9 +87,14 @@ impl Application {
         let producer = KafkaProducer::connect_lazy(&config.kafka)?;
         let consumer = KafkaConsumer::connect_lazy(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
-        // The one consumer logs every event and keeps each user's audit trail from the user events.
+        // The one consumer logs every event, keeps each user's audit trail from the user events, and invalidates
+        // the cached user of each update or deletion again (waiting for Redis when it is down).
         let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
-        let handler = EventLogHandler::new(event_log.clone()).with_projection(Arc::new(user_activity));
+        let user_cache =
+            UserCacheInvalidation::new(Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)));
+        let handler = EventLogHandler::new(event_log.clone())
+            .with_projection(Arc::new(user_activity))
+            .with_projection(Arc::new(user_cache));
         let relay =
             OutboxRelay::new(postgres.clone(), producer.clone(), config.kafka.topic.clone(), settings.outbox.clone());
 

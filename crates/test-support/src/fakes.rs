@@ -72,6 +72,11 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (redis-server shuts down cleanly), and reaped; [`RedisServer::restart`] starts it again, empty.
+    pub fn terminate(&mut self) {
+        crate::terminate(&mut self.child, Duration::from_secs(10));
+    }
 }
 
 impl Drop for RedisServer {

@@ -1,10 +1,12 @@
 //! Helpers for the integration tests of the workspace: real servers of the tests' own (PostgreSQL, Redis, Kafka),
-//! per-test databases on the shared stack, fake dependencies, and log capture. Never used by production code.
+//! per-test databases on the shared stack, fake dependencies, a TCP proxy to fault the network, and log capture.
+//! Never used by production code.
 
 pub mod fakes;
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
+pub mod proxy;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,6 +59,21 @@ impl Write for CapturedLogs {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// SIGTERM to `child`, then reaped; SIGKILL if it still runs after `limit` (a graceful stop, bounded).
+pub(crate) fn terminate(child: &mut std::process::Child, limit: Duration) {
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + limit;
+    while let Ok(None) = child.try_wait() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
 }
 
 /// Polls `check` until it returns true, for at most `limit`.

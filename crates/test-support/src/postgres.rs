@@ -72,6 +72,17 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
+/// `tool` run as the `postgres` user when the tests run as root (PostgreSQL's tools refuse root).
+fn as_postgres(tool: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(tool);
+        command
+    } else {
+        Command::new(tool)
+    }
+}
+
 /// A PostgreSQL server of the test's own on a free port (trust authentication), for tests that stop or
 /// restart the server: the shared stack is never touched. Stopped and deleted when dropped.
 pub struct PrivatePostgres {
@@ -140,13 +151,7 @@ impl PrivatePostgres {
     }
 
     fn run<S: AsRef<std::ffi::OsStr>>(&self, tool: &Path, args: &[S]) {
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(tool);
-            c
-        } else {
-            Command::new(tool)
-        };
+        let mut command = as_postgres(tool);
         let output = command.args(args).output().expect("run PostgreSQL tool");
         assert!(output.status.success(), "{tool:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -172,6 +177,37 @@ impl PrivatePostgres {
 
     pub fn start_again(&self) {
         self.pg_ctl(&["start"]);
+    }
+
+    /// SIGKILL to the postmaster, as an OOM killer or a crash would: no shutdown checkpoint, the next start
+    /// recovers from the WAL. Its backends notice and exit on their own.
+    pub fn kill9(&self) {
+        let pid_file = Path::new(&self.data()).join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("postmaster.pid: the server runs");
+        let pid = pid.lines().next().expect("the postmaster's pid").trim().to_string();
+        let status = Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
+        assert!(status.success(), "kill -KILL {pid}");
+    }
+
+    /// Starts the server after [`PrivatePostgres::kill9`]: the killed server's backends may hold its shared memory
+    /// for a moment, so the start is retried for up to 30 s.
+    pub fn start_after_kill(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let log = self.dir.join("log").display().to_string();
+        loop {
+            let mut command = as_postgres(&pg_bin("pg_ctl"));
+            let args = ["-D", &self.data(), "-l", &log, "-w", "-t", "30", "start"];
+            let output = command.args(args).output().expect("pg_ctl");
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL does not start after a kill: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 }
 
@@ -237,14 +273,7 @@ impl Drop for PrivatePostgres {
         let log = self.dir.join("log").display().to_string();
         let data = self.data();
         let args = ["-D", data.as_str(), "-l", log.as_str(), "-m", "immediate", "stop"];
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(pg_bin("pg_ctl"));
-            c
-        } else {
-            Command::new(pg_bin("pg_ctl"))
-        };
-        let _ = command.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = as_postgres(&pg_bin("pg_ctl")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

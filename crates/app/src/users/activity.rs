@@ -138,6 +138,12 @@ fn updated_details(data: &serde_json::Value) -> Result<serde_json::Value, Invali
     Ok(serde_json::json!({ "changed": changed }))
 }
 
+/// `event` as a projection of user events sees it: `None` for another domain's event, poison for a user event
+/// that does not parse ([`UserActivityEvent::from_event`]).
+pub(crate) fn user_event(event: &Event) -> Result<Option<UserActivityEvent>, ProjectionError> {
+    UserActivityEvent::from_event(event).map_err(|err| ProjectionError::Poison(err.to_string()))
+}
+
 /// Where the audit trail lives. The port promises "exactly once": the entry and the record that its event
 /// was applied are stored together, so a redelivered event changes nothing.
 #[async_trait]
@@ -166,8 +172,7 @@ impl EventProjection for UserActivity {
     }
 
     async fn apply(&self, event: &Event) -> Result<Applied, ProjectionError> {
-        let entry = UserActivityEvent::from_event(event).map_err(|err| ProjectionError::Poison(err.to_string()))?;
-        let Some(entry) = entry else {
+        let Some(entry) = user_event(event)? else {
             return Ok(Applied::Ignored);
         };
         let new = self.recorder.apply(&entry).await?;

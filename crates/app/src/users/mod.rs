@@ -312,8 +312,9 @@ pub trait UserCache: Send + Sync {
     /// The cached user, or the one `repository` finds (then cached; an unknown id is not cached).
     async fn find_through(&self, id: UserId, repository: &dyn UserRepository) -> Result<Option<User>, UserError>;
     /// Forgets the user after a write, once it is committed, and keeps any read that loaded the user before from
-    /// storing that copy afterwards. Failures are logged, not returned: the entry expires anyway.
-    async fn invalidate(&self, id: UserId);
+    /// storing that copy afterwards. An error means the cached copy may still be the old one: the write path
+    /// logs it and goes on, the event consumer retries until the cache answers ([`cache::UserCacheInvalidation`]).
+    async fn invalidate(&self, id: UserId) -> Result<(), PortError>;
 }
 
 /// An opaque session token, as carried by the cookie. `Debug` never shows it.

@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use infra::redis::{Cache, RedisClient, RedisError, SessionId};
 
 use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId, UserRepository};
+use crate::port::PortError;
 
 /// Users cached in Redis under `user:{<id>}` for a TTL. Writes invalidate the entry through
 /// [`Cache::invalidate`], which also refuses the fill of any read that loaded the row before the write (see
-/// `infra::redis::Cache`: a read racing a PATCH or DELETE cannot put the old user back).
+/// `infra::redis::Cache`: a read racing a PATCH or DELETE cannot put the old user back); the event consumer
+/// invalidates it again from the write's event, until Redis answers (`super::cache::UserCacheInvalidation`).
 #[derive(Clone, Debug)]
 pub struct RedisUserCache {
     cache: Cache,
@@ -42,11 +44,13 @@ impl UserCache for RedisUserCache {
         }
     }
 
-    async fn invalidate(&self, id: UserId) {
-        if let Err(err) = self.cache.invalidate(&cache_key(id)).await {
-            // The entry expires within USER_CACHE_TTL anyway; the write itself succeeded.
-            tracing::warn!(user_id = %id, error = %err, "cannot invalidate the cached user; it may be stale until it expires");
-        }
+    async fn invalidate(&self, id: UserId) -> Result<(), PortError> {
+        // A DEL fails only when Redis cannot serve it now (unreachable, breaker open, READONLY or LOADING during a
+        // failover, CLUSTERDOWN), never because of the user: every failure is "unavailable", worth waiting for.
+        self.cache
+            .invalidate(&cache_key(id))
+            .await
+            .map_err(|err| PortError::unavailable(format!("cannot invalidate the cached user {id}: {err}")))
     }
 }
 
