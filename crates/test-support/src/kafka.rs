@@ -26,11 +26,20 @@ impl PrivateKafka {
     /// connections. Started as `scripts/stack` does, without the variables tansu would also read (an OTLP
     /// endpoint, a schema registry, a cluster id, a log filter meant for the tests).
     pub async fn start(port: u16) -> Self {
+        Self::start_advertising(port, port).await
+    }
+
+    /// Like [`start`](Self::start), but telling clients (in metadata) to connect to `127.0.0.1:advertised`:
+    /// for a broker reached through something in front of it, such as a [`TlsTerminator`] on that port.
+    ///
+    /// [`TlsTerminator`]: crate::tls::TlsTerminator
+    pub async fn start_advertising(port: u16, advertised: u16) -> Self {
         let binary = tansu_binary();
         assert!(binary.exists(), "{} is missing: run scripts/stack up", binary.display());
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised_url])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("SCHEMA_REGISTRY")

@@ -5,6 +5,7 @@ pub mod fakes;
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
+pub mod tls;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
