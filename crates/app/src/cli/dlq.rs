@@ -136,7 +136,7 @@ struct Progress {
 impl Progress {
     /// Shows `done` of the total every PROGRESS_EVERY records and at the last one.
     fn replayed(&self, done: usize, out: &mut impl Write) {
-        if self.on_terminal && (done % PROGRESS_EVERY == 0 || done == self.total) {
+        if self.on_terminal && (done.is_multiple_of(PROGRESS_EVERY) || done == self.total) {
             let _ = write!(out, "\rreplayed {done}/{}", self.total);
             let _ = out.flush();
         }
