@@ -25,6 +25,11 @@ COPY . .
 RUN cargo build --release --locked --package app --bin rust-app
 
 FROM debian:bookworm-slim AS runtime
+# The version is the workspace's (Cargo.toml): `rust-app --version`, the image tag and the default
+# OTEL_SERVICE_VERSION agree (a test checks this label and the manifests' tags against it).
+LABEL org.opencontainers.image.title="rust-app" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \

@@ -22,7 +22,7 @@ fn problems(env: &[(&str, &str)]) -> Vec<String> {
 fn defaults_are_the_specifications_with_rust_names() {
     let config = load(&[]).expect("defaults are valid");
     assert_eq!(config.service.name, "rust-app");
-    assert_eq!(config.service.version, "v1.0.0");
+    assert_eq!(config.service.version, env!("CARGO_PKG_VERSION"), "the release's own version");
     assert_eq!(config.server.port, 8080);
     assert_eq!(
         config.postgres.dsn.expose_secret(),

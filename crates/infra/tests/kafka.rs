@@ -13,6 +13,10 @@ use infra::settings::Config;
 use test_support::{eventually, unique};
 use tokio_util::sync::CancellationToken;
 
+/// TLS against a private broker behind a TLS terminator (tests/kafka/tls.rs).
+#[path = "kafka/tls.rs"]
+mod tls;
+
 const BROKER: &str = "127.0.0.1:9092";
 
 fn config(topic: &str, group: &str, overrides: &[(&str, &str)]) -> KafkaConfig {

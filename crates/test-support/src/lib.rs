@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 pub mod proxy;
+pub mod tls;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};

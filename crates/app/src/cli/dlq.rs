@@ -1,6 +1,6 @@
 //! `rust-app dlq list | replay`: the operator's view of the dead-letter topic.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -116,16 +116,63 @@ async fn replay_selected(
     }
     let producer = KafkaProducer::connect_lazy(&config.kafka)?;
     let total = replayable.len();
+    let progress = Progress { total, on_terminal: std::io::stderr().is_terminal() };
     for (done, letter) in replayable.iter().enumerate() {
         replay(&producer, letter).await?;
-        if (done + 1) % PROGRESS_EVERY == 0 {
-            eprint!("\rreplayed {}/{total}", done + 1);
-            let _ = std::io::stderr().flush();
-        }
+        progress.replayed(done + 1, &mut std::io::stderr());
     }
-    if total >= PROGRESS_EVERY {
-        eprintln!();
-    }
+    progress.finish(&mut std::io::stderr());
     println!("replayed {total} record(s) from {}", config.kafka.dlq_topic);
     Ok(())
+}
+
+/// A replay's progress: one line on stderr rewritten in place (`\r`), only when stderr is a terminal — in a log
+/// file or a pipe those rewrites are noise, and the closing `replayed N record(s)` line says it all.
+struct Progress {
+    total: usize,
+    on_terminal: bool,
+}
+
+impl Progress {
+    /// Shows `done` of the total every PROGRESS_EVERY records and at the last one.
+    fn replayed(&self, done: usize, out: &mut impl Write) {
+        if self.on_terminal && (done.is_multiple_of(PROGRESS_EVERY) || done == self.total) {
+            let _ = write!(out, "\rreplayed {done}/{}", self.total);
+            let _ = out.flush();
+        }
+    }
+
+    /// Ends the progress line, if one was shown.
+    fn finish(&self, out: &mut impl Write) {
+        if self.on_terminal && self.total > 0 {
+            let _ = writeln!(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(on_terminal: bool, total: usize) -> String {
+        let progress = Progress { total, on_terminal };
+        let mut out = Vec::new();
+        for done in 1..=total {
+            progress.replayed(done, &mut out);
+        }
+        progress.finish(&mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn progress_is_rewritten_in_place_on_a_terminal() {
+        assert_eq!(shown(true, 250), "\rreplayed 100/250\rreplayed 200/250\rreplayed 250/250\n");
+        assert_eq!(shown(true, 3), "\rreplayed 3/3\n");
+        assert_eq!(shown(true, 0), "");
+    }
+
+    #[test]
+    fn no_progress_when_not_on_a_terminal() {
+        assert_eq!(shown(false, 250), "");
+    }
 }

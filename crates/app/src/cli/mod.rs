@@ -1,5 +1,6 @@
 //! The command line: every subcommand and its runner. `main` parses the arguments and hands them to [`run`].
 
+mod completions;
 mod config;
 mod dlq;
 mod migrate;
@@ -15,6 +16,7 @@ use tokio::runtime::Runtime;
 
 pub use config::render_effective_config;
 pub use dlq::DlqAction;
+pub use migrate::MigrateAction;
 pub use users::UsersAction;
 
 use crate::settings::Settings;
@@ -24,12 +26,21 @@ use crate::settings::Settings;
 /// Configuration comes from environment variables and an optional ./.env file (the environment wins);
 /// see docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(name = "rust-app", version)]
+#[command(name = "rust-app", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+/// The exit codes, shown at the end of `--help` (scripts and orchestrators act on them).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success (serve: stopped by SIGTERM or SIGINT after a graceful shutdown)
+  1   failure: the service stopped with an error, a migration, a dead-letter replay or a command's database or
+      Kafka work failed (the reason is on stderr)
+  2   invalid arguments or subcommand (the usage is on stderr)
+  78  invalid configuration: every problem is listed on stderr, secrets masked (EX_CONFIG)";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -38,8 +49,12 @@ pub enum Command {
     Serve,
     /// Print the effective configuration: every variable, its value (secrets masked) and its source.
     Config,
-    /// Apply the database migrations embedded in the binary, then exit.
-    Migrate,
+    /// Apply the database migrations embedded in the binary, printing each one applied, then exit.
+    Migrate {
+        /// status: list the applied and pending migrations instead.
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
     /// Inspect or replay the dead-letter topic (KAFKA_DLQ_TOPIC).
     Dlq {
         /// list or replay.
@@ -52,11 +67,20 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Print a shell completion script for bash, zsh or fish to stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the command `cli` names (`serve` when none) with the configuration of the environment and ./.env; an
-/// invalid configuration is printed and exits with EXIT_CONFIG.
+/// invalid configuration is printed and exits with EXIT_CONFIG. Completions need no configuration.
 pub fn run(cli: Cli) -> ExitCode {
+    if let Some(Command::Completions { shell }) = cli.command {
+        completions::print(shell);
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
@@ -70,9 +94,13 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve::run(settings),
-        Command::Migrate => migrate::run(&settings.config),
+        Command::Migrate { action } => migrate::run(&settings.config, action),
         Command::Dlq { action } => dlq::run(&settings.config, action),
         Command::Users { action } => users::run(&settings, action),
+        Command::Completions { shell } => {
+            completions::print(shell);
+            ExitCode::SUCCESS
+        }
     }
 }
 

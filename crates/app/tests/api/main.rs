@@ -9,6 +9,7 @@ mod dlq;
 mod events;
 mod health;
 mod helpers;
+mod kafka_tls;
 mod login_limits;
 mod metrics;
 mod migrations;

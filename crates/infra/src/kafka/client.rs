@@ -1,12 +1,15 @@
 //! An admin client: metadata requests (health) and topic creation.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::KafkaConfig;
@@ -25,7 +28,65 @@ pub struct TopicMetadata {
 #[derive(Clone)]
 pub struct KafkaClient {
     admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Metadata requests (health) go through a client of the consumer kind: its metadata requests never create
+    /// the topic, and polling it serves librdkafka's error events, which the admin client never does — so a
+    /// failed request can say why.
+    metadata: Arc<BaseConsumer<ConnectionErrors>>,
     address: String,
+}
+
+/// Events polled after a failed metadata request, at most (they are the few errors queued since the last poll).
+const MAX_EVENTS_DRAINED: usize = 100;
+
+/// Remembers the last connection error librdkafka reported, so a failed metadata request (health) can say why:
+/// the request itself only times out or reports a transport failure, the reason — a certificate that does not
+/// verify against KAFKA_SSL_CA_LOCATION, a failed authentication — comes as a log event. The health check
+/// reports it; the client's own log lines go to DEBUG (rdkafka's default would log each failure at ERROR).
+///
+/// librdkafka reports an error again only when it changes (it suppresses identical repeats), so the last one
+/// is kept until a request succeeds, not only while the request that fails runs.
+#[derive(Default)]
+struct ConnectionErrors {
+    last: Mutex<Option<String>>,
+}
+
+impl ClientContext for ConnectionErrors {
+    /// librdkafka reports a failed connection (refused, TLS handshake, authentication) as a log line of the
+    /// `FAIL` facility: `[thrd:…]: ssl://host:port/bootstrap: SSL handshake failed: … certificate verify failed …`.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, facility, message, "Kafka metadata client");
+        if facility == "FAIL" {
+            // Without the thread name: the broker and the reason remain.
+            self.record(message.split_once("]: ").map_or(message, |(_, reason)| reason));
+        }
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", error = %error, reason, "Kafka metadata client error");
+        self.record(reason);
+    }
+}
+
+impl ConsumerContext for ConnectionErrors {}
+
+impl ConnectionErrors {
+    fn record(&self, reason: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+
+    /// The last error reported since the last successful request.
+    fn last(&self) -> Option<String> {
+        self.last.lock().ok()?.clone()
+    }
+
+    /// A request succeeded: earlier errors are history.
+    fn clear(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = None;
+        }
+    }
 }
 
 impl fmt::Debug for KafkaClient {
@@ -41,7 +102,11 @@ impl KafkaClient {
         // would, on a metadata request from a client that allows it).
         let admin =
             base_client_config(config).set("allow.auto.create.topics", "false").create().map_err(KafkaError::Config)?;
-        Ok(KafkaClient { admin: Arc::new(admin), address: config.bootstrap_servers() })
+        let metadata = base_client_config(config)
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(ConnectionErrors::default())
+            .map_err(KafkaError::Config)?;
+        Ok(KafkaClient { admin: Arc::new(admin), metadata: Arc::new(metadata), address: config.bootstrap_servers() })
     }
 
     /// The bootstrap brokers (KAFKA_BROKERS), safe to log.
@@ -49,14 +114,23 @@ impl KafkaClient {
         &self.address
     }
 
-    /// Asks the cluster for `topic`'s metadata. Runs librdkafka's blocking call on the blocking pool.
+    /// Asks the cluster for `topic`'s metadata. Runs librdkafka's blocking call on the blocking pool. A failure
+    /// while connecting to the brokers failed carries librdkafka's reason ([`KafkaError::Connection`]).
     pub async fn topic_metadata(&self, topic: &str, timeout: Duration) -> Result<TopicMetadata, KafkaError> {
-        let admin = self.admin.clone();
+        let client = self.metadata.clone();
         let name = topic.to_string();
-        let metadata = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(Some(&name), timeout))
-            .await
-            .map_err(|err| KafkaError::Aborted(err.to_string()))?
-            .map_err(KafkaError::Metadata)?;
+        let metadata = tokio::task::spawn_blocking(move || {
+            let metadata = client.fetch_metadata(Some(&name), timeout);
+            match &metadata {
+                Ok(_) => client.context().clear(),
+                // Serves the queued error events: the context records their reasons.
+                Err(_) => (0..MAX_EVENTS_DRAINED).map_while(|_| client.poll(Duration::ZERO)).for_each(drop),
+            }
+            metadata
+        })
+        .await
+        .map_err(|err| KafkaError::Aborted(err.to_string()))?
+        .map_err(|error| self.request_error(error))?;
         let topic_error = |reason: String| KafkaError::Topic { topic: topic.to_string(), reason };
         let found = metadata
             .topics()
@@ -101,6 +175,16 @@ impl KafkaClient {
             }
         }
         Ok(())
+    }
+}
+
+impl KafkaClient {
+    /// A request failed with `error`: with the last connection error since the last success, if any.
+    fn request_error(&self, error: RdKafkaError) -> KafkaError {
+        match self.metadata.context().last() {
+            Some(cause) => KafkaError::Connection { error, cause },
+            None => KafkaError::Metadata(error),
+        }
     }
 }
 

@@ -15,6 +15,17 @@ pub enum KafkaError {
     /// A metadata request failed or timed out.
     #[error("metadata request failed: {0}")]
     Metadata(RdKafkaError),
+    /// A metadata request failed after connecting to the brokers failed: `cause` is librdkafka's own reason
+    /// (a TLS handshake whose certificate did not verify, a failed authentication, a name that does not resolve),
+    /// which the request's error ("timed out", "transport failure") does not say.
+    #[error("metadata request failed: {error}; last connection error: {cause}")]
+    Connection {
+        /// The request's error.
+        error: RdKafkaError,
+        /// The last connection error reported since the client's last successful request (never contains the
+        /// SASL password).
+        cause: String,
+    },
     /// The broker answered but the topic is unusable.
     #[error("topic {topic}: {reason}")]
     Topic {
@@ -33,7 +44,7 @@ impl KafkaError {
     pub fn metric_class(&self) -> &'static str {
         match self {
             KafkaError::Config(_) => "config",
-            KafkaError::Metadata(_) => "metadata",
+            KafkaError::Metadata(_) | KafkaError::Connection { .. } => "metadata",
             KafkaError::Topic { .. } => "topic",
             KafkaError::Aborted(_) => "aborted",
         }

@@ -57,7 +57,8 @@ impl std::fmt::Debug for OtlpConfig {
 pub struct ServiceConfig {
     /// `OTEL_SERVICE_NAME`.
     pub name: String,
-    /// `OTEL_SERVICE_VERSION`.
+    /// `OTEL_SERVICE_VERSION`: by default the binary's own version (`CARGO_PKG_VERSION`, what `--version` prints
+    /// and the image is tagged with), so logs and traces name the release that wrote them.
     pub version: String,
     /// `OTEL_LOG_VERBOSITY`: 0 warn, 1 info (default), 2 debug, 3 trace.
     pub log_verbosity: u8,
@@ -78,7 +79,7 @@ impl ServiceConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
         ServiceConfig {
             name: r.string("OTEL_SERVICE_NAME", "rust-app"),
-            version: r.string("OTEL_SERVICE_VERSION", "v1.0.0"),
+            version: r.string("OTEL_SERVICE_VERSION", env!("CARGO_PKG_VERSION")),
             log_verbosity: r.int("OTEL_LOG_VERBOSITY", 1, 0, 3),
             log_format: match r.choice("LOG_FORMAT", "json", &["json", "pretty"]) {
                 "pretty" => LogFormat::Pretty,
