@@ -216,7 +216,8 @@ fn constraints(schema: &Value) -> String {
         ("enum", "one of"),
     ] {
         if let Some(value) = schema.get(keyword) {
-            parts.push(format!("{label} <code>{}</code>", escape(&value.to_string().trim_matches('"').to_string())));
+            let shown = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            parts.push(format!("{label} <code>{}</code>", escape(&shown)));
         }
     }
     parts.join(", ")
