@@ -20,7 +20,7 @@ use super::AppState;
 use super::access::Caller;
 use super::client_ip::{ClientIp, limit_subject};
 use super::extract::IdPath;
-use super::openapi::{closed_object, text};
+use super::openapi::{closed_object, matching};
 use super::problem::Problem;
 use super::rate_limit::too_many_requests;
 use crate::events::{Event, EventKey, EventType, KEY_PATTERN, MAX_DATA_BYTES, MAX_KEY_LEN, MAX_TYPE_LEN};
@@ -48,16 +48,10 @@ pub struct PublishEvent;
 
 impl PartialSchema for PublishEvent {
     fn schema() -> RefOr<Schema> {
-        let kind = text(1, MAX_TYPE_LEN)
-            .pattern(Some(PUBLISHABLE_TYPE_PATTERN))
-            .description(Some(
-                "What happened: a-z, 0-9, `.`, `_`, `-`; types starting with `user_` are the service's own",
-            ))
-            .examples(["order.shipped"]);
-        let key = text(1, MAX_KEY_LEN)
-            .pattern(Some(KEY_PATTERN))
-            .description(Some("What it happened to, visible ASCII: events with the same key keep their order"))
-            .examples(["order-42"]);
+        let kind_means = "What happened: a-z, 0-9, `.`, `_`, `-`; types starting with `user_` are the service's own";
+        let kind = matching(1, MAX_TYPE_LEN, PUBLISHABLE_TYPE_PATTERN, kind_means, "order.shipped");
+        let key_means = "What it happened to, visible ASCII: events with the same key keep their order";
+        let key = matching(1, MAX_KEY_LEN, KEY_PATTERN, key_means, "order-42");
         let data = utoipa::openapi::schema::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
             .description(Some(format!("Details: any JSON, at most {MAX_DATA_BYTES} bytes serialized (413 beyond)")));

@@ -122,6 +122,11 @@ pub fn text(min: usize, max: usize) -> ObjectBuilder {
     ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).min_length(Some(min)).max_length(Some(max))
 }
 
+/// A string of `min..=max` characters matching `pattern`, with what it means and an example.
+pub fn matching(min: usize, max: usize, pattern: &str, description: &str, example: &str) -> ObjectBuilder {
+    text(min, max).pattern(Some(pattern)).description(Some(description)).examples([example])
+}
+
 /// An object with exactly the given properties allowed.
 pub fn closed_object() -> ObjectBuilder {
     ObjectBuilder::new()

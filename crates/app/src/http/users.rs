@@ -21,7 +21,7 @@ use super::AppState;
 use super::access::Caller;
 use super::body::object;
 use super::extract::IdPath;
-use super::openapi::{closed_object, email_format, password_format, text};
+use super::openapi::{closed_object, email_format, matching, password_format, text};
 use super::problem::{FieldProblem, Problem, user_problem};
 use crate::users::fields::{
     EMAIL_PATTERN, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, NAME_PATTERN,
@@ -97,30 +97,22 @@ pub enum UserView {
 
 /// A display name, as the parser (`users::fields::Name`) accepts it.
 pub fn name_schema() -> ObjectBuilder {
-    text(1, MAX_NAME_CHARS)
-        .pattern(Some(NAME_PATTERN))
-        .description(Some("Display name: not only spaces, no control characters; surrounding spaces are trimmed"))
-        .examples(["Ada Lovelace"])
+    let description = "Display name: not only spaces, no control characters; surrounding spaces are trimmed";
+    matching(1, MAX_NAME_CHARS, NAME_PATTERN, description, "Ada Lovelace")
 }
 
 /// A new email address, as the parser (`users::fields::Email::parse_new`) accepts it.
 pub fn email_schema() -> ObjectBuilder {
-    email_format(text(1, MAX_EMAIL_CHARS))
-        .pattern(Some(EMAIL_PATTERN))
-        .description(Some(
-            "Email address: letters, digits and ``!#$%&'*+/=?^_`{|}~.-`` before the `@` (no `..`), a host name \
-             after it (no label with `--` as its 3rd and 4th characters); unique ignoring case",
-        ))
-        .examples(["ada@example.com"])
+    let description = "Email address: letters, digits and ``!#$%&'*+/=?^_`{|}~.-`` before the `@` (no `..`), a \
+                       host name after it (no label with `--` as its 3rd and 4th characters); unique ignoring case";
+    email_format(matching(1, MAX_EMAIL_CHARS, EMAIL_PATTERN, description, "ada@example.com"))
 }
 
 /// An email address to sign in with, as the parser (`users::fields::Email::try_from`) accepts it: also the
 /// addresses registered before the stricter rule for new ones.
 pub fn sign_in_email_schema() -> ObjectBuilder {
-    text(1, MAX_EMAIL_CHARS)
-        .pattern(Some(SIGN_IN_EMAIL_PATTERN))
-        .description(Some("The registered email (any case; surrounding spaces are trimmed)"))
-        .examples(["ada@example.com"])
+    let description = "The registered email (any case; surrounding spaces are trimmed)";
+    matching(1, MAX_EMAIL_CHARS, SIGN_IN_EMAIL_PATTERN, description, "ada@example.com")
 }
 
 /// A new password: 8 to 1024 characters, kept as sent.
