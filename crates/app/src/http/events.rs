@@ -221,3 +221,39 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
 
 /// Event types only the service itself publishes (through its outbox).
 const RESERVED_PREFIX: &str = "user_";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_type_pattern_admits_exactly_what_publish_accepts() {
+        let pattern = regex::Regex::new(PUBLISHABLE_TYPE_PATTERN).expect("pattern");
+        let types = [
+            "u",
+            "us",
+            "use",
+            "user",
+            "user.created",
+            "user-x",
+            "users",
+            "user_",
+            "user_created",
+            "usr_x",
+            "a",
+            "x.y_z-1",
+            "User",
+            "a b",
+            "ü",
+            "",
+            "_user_",
+            ".",
+            "uses_",
+            "use_r",
+        ];
+        for kind in types {
+            let accepted = parse_event(json!({"type": kind, "key": "k"})).is_ok();
+            assert_eq!(pattern.is_match(kind), accepted, "{kind:?}");
+        }
+    }
+}
