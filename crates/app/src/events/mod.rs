@@ -13,9 +13,13 @@ use serde::{Deserialize, Serialize};
 pub use crate::port::PortError;
 
 /// The longest event type accepted.
-const MAX_TYPE_LEN: usize = 64;
+pub const MAX_TYPE_LEN: usize = 64;
 /// The longest key accepted (it becomes the Kafka record key).
-const MAX_KEY_LEN: usize = 128;
+pub const MAX_KEY_LEN: usize = 128;
+/// The characters of an event type, as a JSON Schema `pattern` (lengths: 1 to [`MAX_TYPE_LEN`]).
+pub const TYPE_PATTERN: &str = "^[a-z0-9._-]+$";
+/// The characters of a key, visible ASCII, as a JSON Schema `pattern` (lengths: 1 to [`MAX_KEY_LEN`]).
+pub const KEY_PATTERN: &str = r"^[\x21-\x7e]+$";
 /// The largest `data` accepted, serialized: well under Kafka's default 1 MB record limit.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 

@@ -11,6 +11,7 @@
 //! everyone, only the role is missing). Resource-level rules that need the resource (an event is readable by
 //! its publisher or an admin) are answered by the handler with the same [`crate::users::Actor`] questions.
 
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 
 use super::AppState;
+use super::extract::invalid_path;
 use super::problem::Problem;
 use super::problem::user_problem;
 use crate::users::{Actor, SessionToken, User, UserError, UserId};
@@ -84,13 +86,18 @@ pub fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<SessionTo
 /// Applies `access` to the request: identifies the caller and checks the rule before the handler runs.
 pub async fn authorize(
     State((state, access)): State<(AppState, Access)>,
-    path: RawPathParams,
+    path: Result<RawPathParams, RawPathParamsRejection>,
     mut request: Request,
     next: Next,
 ) -> Response {
     if access == Access::Public {
         return next.run(request).await;
     }
+    // A segment that does not decode names no resource: a problem like every other refusal, not axum's text.
+    let path = match path {
+        Ok(path) => path,
+        Err(rejection) => return invalid_path(&rejection.body_text()),
+    };
     let caller = match identify(&state, request.headers()).await {
         Ok(caller) => caller,
         Err(response) => return response,

@@ -21,10 +21,11 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// The string field `name`, if present; a non-string value is a problem.
+    /// The string field `name`, if present; any other value, `null` included, is a problem (to leave a field
+    /// unchanged, leave it out).
     pub fn take(&mut self, name: &str) -> Option<String> {
         match self.map.remove(name) {
-            None | Some(Value::Null) => None,
+            None => None,
             Some(Value::String(value)) => Some(value),
             Some(_) => {
                 self.problems.push(FieldProblem { field: name.to_string(), message: "must be a string".into() });

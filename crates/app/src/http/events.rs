@@ -10,14 +10,20 @@ use axum::response::{IntoResponse, Response};
 use infra::redis::Limit;
 use serde::Deserialize;
 use serde_json::json;
+use time::OffsetDateTime;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
 
 use super::AppState;
 use super::access::Caller;
 use super::client_ip::{ClientIp, limit_subject};
 use super::extract::IdPath;
+use super::openapi::{closed_object, matching};
 use super::problem::Problem;
 use super::rate_limit::too_many_requests;
-use crate::events::{Event, EventKey, EventType, MAX_DATA_BYTES};
+use crate::events::{Event, EventKey, EventType, KEY_PATTERN, MAX_DATA_BYTES, MAX_KEY_LEN, MAX_TYPE_LEN};
 
 /// Publications admitted per client address: 50 per second on average, bursts of 100.
 pub const PUBLISH_LIMIT: Limit = Limit { rate: 50, period: Duration::from_secs(1), burst: 100 };
@@ -33,7 +39,93 @@ pub struct NewEvent {
     data: serde_json::Value,
 }
 
+/// An event type a client may publish: [`crate::events::TYPE_PATTERN`] without the reserved prefix `user_`
+/// (JSON Schema has no "does not start with" short of look-ahead, which not every validator reads).
+pub const PUBLISHABLE_TYPE_PATTERN: &str = "^(?:u|us|use|user|(?:[a-tv-z0-9._-]|u[a-rt-z0-9._-]|us[a-df-z0-9._-]|use[a-qs-z0-9._-]|user[a-z0-9.-])[a-z0-9._-]*)$";
+
+/// The body of `POST /events`, as the handler reads it.
+pub struct PublishEvent;
+
+impl PartialSchema for PublishEvent {
+    fn schema() -> RefOr<Schema> {
+        let kind_means = "What happened: a-z, 0-9, `.`, `_`, `-`; types starting with `user_` are the service's own";
+        let kind = matching(1, MAX_TYPE_LEN, PUBLISHABLE_TYPE_PATTERN, kind_means, "order.shipped");
+        let key_means = "What it happened to, visible ASCII: events with the same key keep their order";
+        let key = matching(1, MAX_KEY_LEN, KEY_PATTERN, key_means, "order-42");
+        let data = utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some(format!("Details: any JSON, at most {MAX_DATA_BYTES} bytes serialized (413 beyond)")));
+        closed_object()
+            .property("type", kind)
+            .property("key", key)
+            .property("data", data)
+            .required("type")
+            .required("key")
+            .into()
+    }
+}
+
+impl ToSchema for PublishEvent {}
+
+/// Where a published event was stored.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response, which the handler writes with `json!`.
+pub struct PublishedEvent {
+    /// The event's id: `GET /events/{id}` once recorded.
+    id: Uuid,
+    /// The partition of the event topic.
+    partition: i32,
+    /// Its offset there.
+    offset: i64,
+}
+
+/// A recorded event.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)] // Documents `events::LoggedEvent` as it serializes.
+pub struct RecordedEvent {
+    /// Its id.
+    id: Uuid,
+    /// What happened.
+    #[serde(rename = "type")]
+    kind: String,
+    /// What it happened to.
+    key: String,
+    /// Details, as published.
+    data: serde_json::Value,
+    /// When it was published (RFC 3339).
+    occurred_at: OffsetDateTime,
+    /// Who published it; absent for the service's own events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publisher: Option<Uuid>,
+    /// Where the consumer read it.
+    origin: EventOrigin,
+}
+
+/// Where a recorded event was consumed from.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)] // Documents `events::Origin`.
+pub struct EventOrigin {
+    /// The topic.
+    topic: String,
+    /// The partition.
+    partition: i32,
+    /// The offset.
+    offset: i64,
+}
+
 /// Publishes the event and answers 202 with its id and place in the stream once Kafka acknowledged it.
+/// Limited to 50 per second per client address (bursts of 100).
+#[utoipa::path(post, path = "/events", tag = "events", request_body = PublishEvent,
+    responses(
+        (status = 202, description = "Kafka acknowledged the event", body = PublishedEvent),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 413, description = "The body is over `HTTP_BODY_LIMIT` (`body-too-large`) or `data` over 64 KiB (`event-too-large`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, response = super::openapi::NotJson),
+        (status = 422, description = "A missing or refused field (`invalid-body`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
+    ))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,7 +178,16 @@ pub async fn publish(
     }
 }
 
-/// The recorded event, or 404 while it is not (yet) recorded.
+/// The recorded event, or 404 while it is not (yet) recorded. Readable by its publisher and admins.
+#[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = Uuid, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "The recorded event", body = RecordedEvent),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 404, description = "Not recorded (yet), or someone else's (`event-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
+    ))]
 pub async fn find(State(state): State<AppState>, caller: Caller, IdPath(id): IdPath) -> Response {
     let actor = caller.actor();
     match state.event_log.find(id).await {
@@ -120,3 +221,39 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
 
 /// Event types only the service itself publishes (through its outbox).
 const RESERVED_PREFIX: &str = "user_";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_type_pattern_admits_exactly_what_publish_accepts() {
+        let pattern = regex::Regex::new(PUBLISHABLE_TYPE_PATTERN).expect("pattern");
+        let types = [
+            "u",
+            "us",
+            "use",
+            "user",
+            "user.created",
+            "user-x",
+            "users",
+            "user_",
+            "user_created",
+            "usr_x",
+            "a",
+            "x.y_z-1",
+            "User",
+            "a b",
+            "ü",
+            "",
+            "_user_",
+            ".",
+            "uses_",
+            "use_r",
+        ];
+        for kind in types {
+            let accepted = parse_event(json!({"type": kind, "key": "k"})).is_ok();
+            assert_eq!(pattern.is_match(kind), accepted, "{kind:?}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod body;
 pub mod client_ip;
+mod docs;
 mod events;
 pub mod extract;
 mod health;
@@ -117,20 +118,43 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The routes the platform running the service calls: probes, health, metrics, and the ops page people read. Never rate limited (a probe or
-/// a scraper answered 429 would restart or blind the service exactly when it is busy) and, later, never behind
-/// the API's access control.
+/// The routes the platform running the service calls: probes, health, metrics, and the ops page people read. Never
+/// rate limited (a probe or a scraper answered 429 would restart or blind the service exactly when it is busy) and
+/// never behind the API's access control. Built from [`ops_routes`] only.
 fn ops_router(requests: RequestLimits) -> Router<AppState> {
+    let (mut polled, mut inspected) = (Router::new(), Router::new());
+    for route in ops_routes() {
+        if route.polled {
+            polled = polled.route(route.path, route.handler);
+        } else {
+            inspected = inspected.route(route.path, route.handler);
+        }
+    }
     // Polled every few seconds: marked outside the limits so that even a timed-out probe is logged at debug.
-    let polled = Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics));
-    let inspected = Router::new()
-        .route("/health", get(health::health))
-        .route("/health/{component}", get(health::component))
-        .route("/ops", get(ops::page));
     handled(polled, requests).route_layer(map_response(observe::mark_polled)).merge(handled(inspected, requests))
+}
+
+/// An ops route: a `GET` path anyone may call, and its handler.
+pub struct OpsRoute {
+    /// The path, as axum matches it.
+    pub path: &'static str,
+    /// Polled every few seconds by a prober or scraper (logged at debug).
+    polled: bool,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every ops route (all `GET`): the table the ops router is built from, which the OpenAPI test compares with
+/// the document.
+pub fn ops_routes() -> Vec<OpsRoute> {
+    let route = |path, polled, handler| OpsRoute { path, polled, handler };
+    vec![
+        route("/livez", true, get(health::livez)),
+        route("/readyz", true, get(health::readyz)),
+        route("/metrics", true, get(metrics)),
+        route("/health", false, get(health::health)),
+        route("/health/{component}", false, get(health::component)),
+        route("/ops", false, get(ops::page)),
+    ]
 }
 
 /// The routes clients call: users, sessions, events, the API's description, and the answer to unknown paths.
@@ -219,7 +243,9 @@ pub fn api_routes() -> Vec<ApiRoute> {
         ApiRoute::new(Post, "/events", SignedIn, events::publish),
         // The publisher or an admin (decided in the handler, which has the event).
         ApiRoute::new(Get, "/events/{id}", SignedIn, events::find),
+        // The contract, as JSON and as a page: public, like docs/api.md (it names no secret and no user).
         ApiRoute::new(Get, "/openapi.json", Public, openapi::document),
+        ApiRoute::new(Get, "/docs", Public, docs::page),
     ]
 }
 
@@ -249,6 +275,12 @@ async fn time_limit(State(limit): State<Duration>, request: Request, next: Next)
 }
 
 /// Every metric of the process in the Prometheus text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Every metric (docs/metrics.md)", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 503, response = openapi::Unavailable),
+    ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

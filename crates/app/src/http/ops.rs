@@ -111,6 +111,12 @@ impl OpsView {
 }
 
 /// The page. Always 200: a page that reports an outage is working.
+#[utoipa::path(get, path = "/ops", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "The ops page: dependencies, breakers, pools, consumer lag, outbox, dead \
+            letters, version and uptime; refreshes itself every 10 s. Internal only.",
+            body = String, content_type = "text/html; charset=utf-8"),
+    ))]
 pub async fn page(State(state): State<AppState>) -> Response {
     let html = render(&OpsView::gather(&state).await);
     (

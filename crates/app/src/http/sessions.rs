@@ -16,16 +16,19 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::AppState;
 use super::access::{Caller, session_token};
 use super::body::object;
 use super::client_ip::{ClientIp, limit_subject};
+use super::openapi::closed_object;
 use super::problem::Problem;
 use super::problem::user_problem;
 use super::rate_limit::{set_headers, too_many_requests};
-use super::users::UserBody;
+use super::users::{UserBody, password_schema, sign_in_email_schema};
 use crate::users::{Credentials, SessionToken, UserError};
 use infra::redis::Decision;
 
@@ -40,17 +43,21 @@ pub struct CookieSettings {
     pub ttl: Duration,
 }
 
-/// The body of `POST /sessions`.
-#[derive(Debug, serde::Deserialize, ToSchema)]
-#[allow(dead_code)] // Documents the request; the handler reads the fields one by one to report each problem.
-pub struct Login {
-    /// The registered email (any case).
-    #[schema(example = "ada@example.com")]
-    email: String,
-    /// The password.
-    #[schema(format = Password, example = "correct horse battery staple")]
-    password: String,
+/// The body of `POST /sessions`; read field by field by the handler, so that each problem is reported.
+pub struct Login;
+
+impl PartialSchema for Login {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .property("email", sign_in_email_schema())
+            .property("password", password_schema())
+            .required("email")
+            .required("password")
+            .into()
+    }
 }
+
+impl ToSchema for Login {}
 
 /// Signs in: checks email and password, sets the session cookie. Limited per client IP and account
 /// (LOGIN_RATE_LIMIT per minute) before the password is even checked.
@@ -58,10 +65,13 @@ pub struct Login {
     responses(
         (status = 201, description = "Signed in; the session cookie is set", body = UserBody,
             headers(("set-cookie" = String, description = "The session cookie (HttpOnly, SameSite=Lax)"))),
-        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts for this account from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL or Redis unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, description = "Wrong email or password (`invalid-credentials`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::BodyTooLarge),
+        (status = 415, response = super::openapi::NotJson),
+        (status = 422, response = super::openapi::Invalid),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -99,8 +109,9 @@ pub async fn login(
 #[utoipa::path(get, path = "/me", tag = "sessions",
     responses(
         (status = 200, description = "The signed-in user", body = UserBody),
-        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable (sessions live there)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn me(caller: Caller) -> Response {
     Json(UserBody::from(caller.user)).into_response()
@@ -117,10 +128,14 @@ pub struct LogoutQuery {
 /// Signs out: ends the session (or, with `?all=true`, every session of the user) and clears the cookie.
 /// 204 signed in or not, except that `?all=true` needs a valid session.
 #[utoipa::path(delete, path = "/sessions", tag = "sessions", params(LogoutQuery),
+    // A session is optional: without one (or with an expired one) the cookie is cleared all the same.
+    security((), ("sessionCookie" = []), ("bearerSession" = [])),
     responses(
         (status = 204, description = "Signed out"),
-        (status = 401, description = "`all=true` without a valid session", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, description = "`all=true` without a valid session (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn logout(
     State(state): State<AppState>,

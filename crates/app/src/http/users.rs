@@ -12,18 +12,30 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{RefOr, Required};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::AppState;
 use super::access::Caller;
 use super::body::object;
 use super::extract::IdPath;
+use super::openapi::{closed_object, email_format, matching, password_format, text};
 use super::problem::{FieldProblem, Problem, user_problem};
-use crate::users::{Activity, Credentials, Page, User, UserChanges, UserError, parse_registration};
+use crate::users::fields::{
+    EMAIL_PATTERN, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, NAME_PATTERN,
+    SIGN_IN_EMAIL_PATTERN,
+};
+use crate::users::{
+    ACTIVITY_CURSOR_PATTERN, Activity, Credentials, MAX_PAGE_SIZE, Page, USERS_CURSOR_PATTERN, User, UserChanges,
+    UserError, parse_registration,
+};
 use uuid::Uuid;
 
 /// A user as the API returns it.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// The user's id (a UUIDv7).
     id: Uuid,
@@ -55,6 +67,7 @@ impl From<User> for UserBody {
 
 /// What anyone signed in may see of another user: no email.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PublicProfile {
     /// The user's id.
     id: Uuid,
@@ -71,36 +84,100 @@ impl From<User> for PublicProfile {
     }
 }
 
-/// The body of `POST /users`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // Documents the request; the handler reads the fields one by one to report each problem.
-pub struct CreateUser {
-    /// 1–100 characters.
-    #[schema(example = "Ada Lovelace")]
-    name: String,
-    /// An email address not registered yet (compared ignoring case).
-    #[schema(example = "ada@example.com")]
-    email: String,
-    /// At least 8 characters.
-    #[schema(example = "correct horse battery staple", format = Password)]
-    password: String,
+/// The one of `GET /users/{id}` answers: the whole record or the public profile.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Documents the response; the handler serializes one of the two.
+pub enum UserView {
+    /// For the user themself and admins.
+    Whole(UserBody),
+    /// For anyone else signed in.
+    Public(PublicProfile),
 }
 
-/// The body of `PATCH /users/{id}`: at least one field.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // Documents the request, as for CreateUser.
-pub struct UpdateUser {
-    /// New display name.
-    name: Option<String>,
-    /// New email address.
-    email: Option<String>,
-    /// New password.
-    #[schema(format = Password)]
-    password: Option<String>,
-    /// The signed-in user's current password: required with `email` or `password`.
-    #[schema(format = Password)]
-    current_password: Option<String>,
+/// A display name, as the parser (`users::fields::Name`) accepts it.
+pub fn name_schema() -> ObjectBuilder {
+    let description = "Display name: not only spaces, no control characters; surrounding spaces are trimmed";
+    matching(1, MAX_NAME_CHARS, NAME_PATTERN, description, "Ada Lovelace")
 }
+
+/// A new email address, as the parser (`users::fields::Email::parse_new`) accepts it.
+pub fn email_schema() -> ObjectBuilder {
+    let description = "Email address: letters, digits and ``!#$%&'*+/=?^_`{|}~.-`` before the `@` (no `..`), a \
+                       host name after it (no label with `--` as its 3rd and 4th characters); unique ignoring case";
+    email_format(matching(1, MAX_EMAIL_CHARS, EMAIL_PATTERN, description, "ada@example.com"))
+}
+
+/// An email address to sign in with, as the parser (`users::fields::Email::try_from`) accepts it: also the
+/// addresses registered before the stricter rule for new ones.
+pub fn sign_in_email_schema() -> ObjectBuilder {
+    let description = "The registered email (any case; surrounding spaces are trimmed)";
+    matching(1, MAX_EMAIL_CHARS, SIGN_IN_EMAIL_PATTERN, description, "ada@example.com")
+}
+
+/// A new password: 8 to 1024 characters, kept as sent.
+pub fn new_password_schema() -> ObjectBuilder {
+    password_format(text(MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS)).examples(["correct horse battery staple"])
+}
+
+/// A password offered to prove who one is: only the length bound applies.
+pub fn password_schema() -> ObjectBuilder {
+    password_format(text(1, MAX_PASSWORD_CHARS)).examples(["correct horse battery staple"])
+}
+
+/// The body of `POST /users`; read field by field by the handler, so that each problem is reported.
+pub struct CreateUser;
+
+impl PartialSchema for CreateUser {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .property("name", name_schema())
+            .property("email", email_schema().description(Some("Not registered yet (compared ignoring case)")))
+            .property("password", new_password_schema())
+            .required("name")
+            .required("email")
+            .required("password")
+            .into()
+    }
+}
+
+impl ToSchema for CreateUser {}
+
+/// The body of `PATCH /users/{id}`: a new name, email or password (at least one); a new email or password
+/// needs the signed-in user's `current_password`.
+pub struct UpdateUser;
+
+impl PartialSchema for UpdateUser {
+    fn schema() -> RefOr<Schema> {
+        let current = || password_schema().description(Some("The signed-in user's current password"));
+        let rename = closed_object()
+            .title(Some("New name"))
+            .property("name", name_schema())
+            .property("current_password", current())
+            .required("name");
+        let sensitive = |title: &str, field: &str| {
+            closed_object()
+                .title(Some(title))
+                .property("name", name_schema())
+                .property("email", email_schema())
+                .property("password", new_password_schema())
+                .property("current_password", current())
+                .required(field)
+                .required("current_password")
+        };
+        AnyOfBuilder::new()
+            .item(rename)
+            .item(sensitive("New email", "email"))
+            .item(sensitive("New password", "password"))
+            .description(Some(
+                "At least one of `name`, `email`, `password`; `email` and `password` need `current_password` \
+                 (and end every session of the user)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for UpdateUser {}
 
 /// A page of users.
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,13 +196,50 @@ impl From<Page> for UserPage {
 }
 
 /// Paging through a list (users, a user's activity).
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, Deserialize)]
 pub struct ListQuery {
     /// Entries per page, 1–100 (default 20).
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// The query of `GET /users`.
+pub struct UsersQuery;
+
+impl IntoParams for UsersQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        paging_params(USERS_CURSOR_PATTERN)
+    }
+}
+
+/// The query of `GET /users/{id}/activity`.
+pub struct ActivityQuery;
+
+impl IntoParams for ActivityQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        paging_params(ACTIVITY_CURSOR_PATTERN)
+    }
+}
+
+/// `limit` and `cursor`, the cursor matching `cursor_pattern`.
+fn paging_params(cursor_pattern: &str) -> Vec<Parameter> {
+    let limit =
+        ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1)).maximum(Some(MAX_PAGE_SIZE));
+    let cursor = ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).pattern(Some(cursor_pattern));
+    let param = |name: &str, description: &str, schema: ObjectBuilder| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Query)
+            .required(Required::False)
+            .description(Some(description))
+            .schema(Some(schema))
+            .build()
+    };
+    vec![
+        param("limit", "Entries per page (default 20)", limit),
+        param("cursor", "The `next_cursor` of the previous page", cursor),
+    ]
 }
 
 /// An entry of a user's audit trail.
@@ -175,12 +289,13 @@ impl From<Activity> for ActivityBody {
     responses(
         (status = 201, description = "Registered", body = UserBody,
             headers(("location" = String, description = "/users/{id}"))),
-        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over HTTP_BODY_LIMIT", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 409, description = "Email already registered (`email-taken`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::BodyTooLarge),
+        (status = 415, response = super::openapi::NotJson),
+        (status = 422, response = super::openapi::Invalid),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, JsonRejection>) -> Response {
     let mut fields = match object(body, &["name", "email", "password"]) {
@@ -213,11 +328,12 @@ pub async fn create(State(state): State<AppState>, body: Result<Json<Value>, Jso
 /// the public profile (id, name, registration time; no email) for anyone else signed in.
 #[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
     responses(
-        (status = 200, description = "The user (the owner and admins) or their public profile (anyone else signed in)", body = UserBody),
-        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable (and the user not cached)", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The user (the owner and admins) or their public profile (anyone else signed in)", body = UserView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 404, description = "No such user (`user-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn get(State(state): State<AppState>, caller: Caller, IdPath(id): IdPath) -> Response {
     let user = match state.users.get(id).await {
@@ -237,12 +353,16 @@ pub async fn get(State(state): State<AppState>, caller: Caller, IdPath(id): IdPa
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The changed user", body = UserBody),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Wrong current password", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 403, description = "Wrong current password (`wrong-current-password`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user, or not the caller's and the caller is no admin (`user-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already registered (`email-taken`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::BodyTooLarge),
+        (status = 415, response = super::openapi::NotJson),
+        (status = 422, response = super::openapi::Invalid),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -270,22 +390,26 @@ pub async fn update(
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 404, description = "No such user, or not the caller's and the caller is no admin (`user-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn delete(State(state): State<AppState>, IdPath(id): IdPath) -> Response {
     respond(state.users.delete(id).await.map(|()| StatusCode::NO_CONTENT))
 }
 
 /// Users in creation order, a page at a time (keyset pagination: stable under concurrent inserts). Admins only.
-#[utoipa::path(get, path = "/users", tag = "users", params(ListQuery),
+#[utoipa::path(get, path = "/users", tag = "users", params(UsersQuery),
     responses(
         (status = 200, description = "A page of users", body = UserPage),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 422, response = super::openapi::Invalid),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Response {
     let (limit, cursor) = match paging(query) {
@@ -298,14 +422,15 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
 /// The user's audit trail, newest first, a page at a time (keyset pagination), as recorded by the event
 /// consumer (so it lags writes slightly). Entries hold ids, types, times and changed field names only.
 #[utoipa::path(get, path = "/users/{id}/activity", tag = "users",
-    params(("id" = Uuid, Path, description = "User id"), ListQuery),
+    params(("id" = Uuid, Path, description = "User id"), ActivityQuery),
     responses(
         (status = 200, description = "A page of the audit trail, newest first", body = ActivityPage),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user and no trail", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthenticated),
+        (status = 404, description = "No such user and no trail, or not the caller's and the caller is no admin (`user-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = super::openapi::Invalid),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 503, response = super::openapi::Unavailable),
     ))]
 pub async fn activity(
     State(state): State<AppState>,

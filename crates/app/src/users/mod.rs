@@ -21,7 +21,10 @@ use uuid::Uuid;
 pub use cache::CachedUserRepository;
 pub use fields::{Email, Name, Password};
 pub use password::{HashingLimits, PasswordHash, PasswordHasher};
-pub use service::{Credentials, UserChanges, Users, parse_registration};
+pub use service::{
+    ACTIVITY_CURSOR_PATTERN, Credentials, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, USERS_CURSOR_PATTERN, UserChanges, Users,
+    parse_registration,
+};
 
 use crate::port::PortError;
 

@@ -13,6 +13,10 @@ use super::{
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Users per page when the client does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// What a cursor of the users list looks like (JSON Schema `pattern`): any such value is a valid position.
+pub const USERS_CURSOR_PATTERN: &str = "^[0-9A-Fa-f]{32}$";
+/// What a cursor of an activity trail looks like (JSON Schema `pattern`): any such value is a valid position.
+pub const ACTIVITY_CURSOR_PATTERN: &str = "^[0-9A-Fa-f]{48}$";
 
 /// Raw input of a registration or a login, as it arrived (every field optional so that all missing or bad
 /// fields are reported together).
@@ -95,7 +99,7 @@ impl Users {
     pub async fn update(&self, actor: Actor, id: UserId, input: UserChanges) -> Result<User, UserError> {
         let mut errors = Vec::new();
         let name = input.name.and_then(|raw| field(&mut errors, "name", Some(raw), Name::try_from));
-        let email = input.email.and_then(|raw| field(&mut errors, "email", Some(raw), Email::try_from));
+        let email = input.email.and_then(|raw| field(&mut errors, "email", Some(raw), Email::parse_new));
         let password = input.password.and_then(|raw| field(&mut errors, "password", Some(raw), Password::parse));
         let sensitive = email.is_some() || password.is_some();
         let current = match input.current_password {
@@ -229,7 +233,7 @@ impl Users {
 pub fn parse_registration(input: Credentials) -> Result<(Name, Email, Password), Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = field(&mut errors, "name", input.name, Name::try_from);
-    let email = field(&mut errors, "email", input.email, Email::try_from);
+    let email = field(&mut errors, "email", input.email, Email::parse_new);
     let password = field(&mut errors, "password", input.password, Password::parse);
     match (name, email, password) {
         (Some(name), Some(email), Some(password)) => Ok((name, email, password)),
@@ -305,11 +309,17 @@ fn encode_activity_cursor(entry: &Activity) -> String {
     hex::encode(bytes)
 }
 
+/// A time outside years 1–9999 (only a forged cursor has one; PostgreSQL and the clock type hold less than
+/// an `i64` of microseconds) is the nearest one inside: the page then starts before everything, or is empty,
+/// instead of being refused or failing in the query.
 fn decode_activity_cursor(raw: &str) -> Option<ActivityCursor> {
     let bytes: [u8; 24] = hex::decode(raw).ok()?.try_into().ok()?;
     let (micros, id) = bytes.split_at(8);
-    let micros = i64::from_be_bytes(micros.try_into().ok()?);
-    let occurred_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()?;
+    let micros = i128::from(i64::from_be_bytes(micros.try_into().ok()?));
+    let earliest = time::macros::datetime!(0001-01-01 0:00 UTC).unix_timestamp_nanos();
+    let latest = time::macros::datetime!(9999-12-31 23:59:59.999999 UTC).unix_timestamp_nanos();
+    let nanos = (micros * 1000).clamp(earliest, latest);
+    let occurred_at = OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
     Some(ActivityCursor { occurred_at, event_id: uuid::Uuid::from_slice(id).ok()? })
 }
 
@@ -330,6 +340,11 @@ mod tests {
         assert_eq!(cursor, ActivityCursor { occurred_at, event_id: entry.event_id });
         assert_eq!(decode_activity_cursor(&encode_cursor(entry.event_id)), None, "a users cursor is not one");
         assert_eq!(decode_activity_cursor("zz"), None);
+        let pattern = regex::Regex::new(ACTIVITY_CURSOR_PATTERN).expect("pattern");
+        assert!(pattern.is_match(&encode_activity_cursor(&entry)));
+        for forged in ["7fffffffffffffff", "8000000000000000"] {
+            assert!(decode_activity_cursor(&format!("{forged}{}", "0".repeat(32))).is_some(), "any match is a cursor");
+        }
     }
 
     #[test]
@@ -346,6 +361,8 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
         assert_eq!(decode_cursor("zz"), None);
         assert_eq!(decode_cursor("abcd"), None);
+        assert!(regex::Regex::new(USERS_CURSOR_PATTERN).expect("pattern").is_match(&encode_cursor(id)));
+        assert!(decode_cursor(&"F".repeat(32)).is_some(), "any match is a cursor");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use app::http::access::Access;
-use app::http::{ApiRoute, api_routes};
+use app::http::openapi::{BEARER_SCHEME, COOKIE_SCHEME};
+use app::http::{ApiRoute, api_routes, ops_routes};
 use reqwest::Method;
 use serde_json::{Value, json};
 use test_support::postgres::TestDb;
@@ -202,12 +203,8 @@ async fn the_ops_routes_answer_anyone() {
     app.stop().await;
 }
 
-/// The API routes the OpenAPI document leaves out on purpose: the events API is not documented yet, and the
-/// document does not describe itself. A route missing from the document and from this list fails the test.
-const UNDOCUMENTED: [(&str, &str); 3] = [("POST", "/events"), ("GET", "/events/{id}"), ("GET", "/openapi.json")];
-
 #[tokio::test]
-async fn the_openapi_document_lists_every_api_route_but_the_known_exceptions() {
+async fn the_openapi_document_lists_every_route_and_nothing_else() {
     let app = spawn_app(&[]).await;
     let (status, document) = app.get_json("/openapi.json").await;
     assert_eq!(status, 200);
@@ -217,13 +214,83 @@ async fn the_openapi_document_lists_every_api_route_but_the_known_exceptions() {
             documented.insert((method.to_uppercase(), path.clone()));
         }
     }
-    let routed: BTreeSet<(String, String)> =
-        api_routes().iter().map(|route| (route.method.to_string(), route.path.to_string())).collect();
-    let undocumented: BTreeSet<(String, String)> = routed.difference(&documented).cloned().collect();
-    let known: BTreeSet<(String, String)> = UNDOCUMENTED.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
-    assert_eq!(undocumented, known, "API routes missing from /openapi.json");
+    let api = api_routes().into_iter().map(|route| (route.method.to_string(), route.path.to_string()));
+    let ops = ops_routes().into_iter().map(|route| ("GET".to_string(), route.path.to_string()));
+    let routed: BTreeSet<(String, String)> = api.chain(ops).collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "routes missing from /openapi.json: {undocumented:?}");
     let unrouted: Vec<_> = documented.difference(&routed).collect();
     assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
+    app.stop().await;
+}
+
+/// The security requirements of the operation `method path` in `document`, as JSON.
+fn security_of(document: &Value, method: &str, path: &str) -> Vec<Value> {
+    let operation = &document["paths"][path][method.to_lowercase()];
+    operation["security"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether an operation's security admits a caller without credentials (none, or an empty requirement).
+fn admits_anyone(security: &[Value]) -> bool {
+    security.is_empty() || security.iter().any(|r| r.as_object().is_some_and(|r| r.is_empty()))
+}
+
+#[tokio::test]
+async fn the_openapi_document_states_each_routes_access_rule_and_its_refusals() {
+    let app = spawn_app(&[("SESSION_COOKIE_NAME", "contract_cookie")]).await;
+    let (_, document) = app.get_json("/openapi.json").await;
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(
+        schemes[COOKIE_SCHEME],
+        json!({"type": "apiKey", "in": "cookie", "name": "contract_cookie", "description": schemes[COOKIE_SCHEME]["description"]})
+    );
+    assert_eq!(schemes[BEARER_SCHEME]["type"], "http");
+    assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
+    let session = json!([{COOKIE_SCHEME: []}, {BEARER_SCHEME: []}]);
+    for route in api_routes() {
+        let (method, path) = (route.method.as_str(), route.path);
+        let security = security_of(&document, method, path);
+        let responses = &document["paths"][path][method.to_lowercase()]["responses"];
+        let documents = |status: &str| responses.get(status).is_some();
+        assert!(documents("429"), "{method} {path}: every API route is rate limited");
+        match route.access {
+            Access::Public => assert!(admits_anyone(&security), "{method} {path}: {security:?}"),
+            access => {
+                assert_eq!(Value::Array(security), session, "{method} {path}");
+                assert!(documents("401"), "{method} {path}");
+                assert_eq!(documents("403"), access == Access::Admin || path == "/users/{id}" && method == "PATCH");
+            }
+        }
+        if route.access == Access::OwnerOrAdmin {
+            assert!(documents("404"), "{method} {path}: someone else's account is answered 404");
+        }
+    }
+    for route in ops_routes() {
+        assert!(admits_anyone(&security_of(&document, "GET", route.path)), "{}", route.path);
+        let responses = &document["paths"][route.path]["get"]["responses"];
+        assert!(responses.get("429").is_none(), "{}: the ops routes are never rate limited", route.path);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served_to_anyone_with_no_external_url() {
+    let app = spawn_app(&[]).await;
+    let response = app.get("/docs").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    let html = response.text().await.expect("HTML");
+    for external in ["http://", "https://", "src=", "<script", "<link", "@import", "url("] {
+        assert!(!html.contains(external), "the page must work offline: it contains {external:?}");
+    }
+    let (_, document) = app.get_json("/openapi.json").await;
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for method in operations.as_object().expect("operations").keys() {
+            let slug: String = path.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+            assert!(html.contains(&format!("id=\"{method}{slug}\"")), "{method} {path} has its section");
+        }
+    }
+    assert!(html.contains("No other fields are accepted"), "the schemas' constraints are shown");
     app.stop().await;
 }
 

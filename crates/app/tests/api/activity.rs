@@ -420,6 +420,15 @@ async fn the_trail_pages_newest_first_with_a_cursor() {
         problem["errors"].as_array().into_iter().flatten().filter_map(|e| e["field"].as_str()).collect();
     fields.sort();
     assert_eq!(fields, ["cursor", "limit"], "{problem}");
+
+    // A forged cursor of the documented form is a position, never a failure: its time (here the extremes of
+    // an i64 of microseconds, far outside what PostgreSQL holds) is taken as the nearest one it can be.
+    let (newest, oldest) =
+        (format!("7fffffffffffffff{}", "f".repeat(32)), format!("8000000000000000{}", "0".repeat(32)));
+    let (status, page) = app.get_json(&format!("/users/{id}/activity?cursor={newest}")).await;
+    assert_eq!((status, page["items"].as_array().map(Vec::len)), (200, Some(5)), "before the end of time: all");
+    let (status, page) = app.get_json(&format!("/users/{id}/activity?cursor={oldest}")).await;
+    assert_eq!((status, page["items"].as_array().map(Vec::len)), (200, Some(0)), "before year 1: none");
     app.stop().await;
 }
 

@@ -273,9 +273,9 @@ async fn the_openapi_document_describes_the_real_routes_and_problems() {
         ("/users/{id}/activity", &["get"]),
         ("/sessions", &["delete", "post"]),
         ("/me", &["get"]),
-        ("/openapi.json", &[]),
+        ("/openapi.json", &["get"]),
     ];
-    for (path, methods) in expected.iter().filter(|(_, methods)| !methods.is_empty()) {
+    for (path, methods) in expected {
         let item = doc["paths"][path].as_object().unwrap_or_else(|| panic!("{path} missing"));
         let mut documented: Vec<&str> = item.keys().map(String::as_str).collect();
         documented.sort();
@@ -291,6 +291,57 @@ async fn the_openapi_document_describes_the_real_routes_and_problems() {
     // Each documented status is one the API really answers with: a 422 is what a bad body gets.
     let response = app.post_json("/users", &json!({})).await;
     assert_eq!(response.status(), 422);
+}
+
+#[tokio::test]
+async fn the_documented_field_constraints_are_the_ones_the_service_applies() {
+    use app::users::MAX_PAGE_SIZE;
+    use app::users::fields::{EMAIL_PATTERN, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MIN_PASSWORD_CHARS, NAME_PATTERN};
+    let app = spawn_admin_app(&[]).await;
+    let (_, doc) = app.get_json("/openapi.json").await;
+    let create = &doc["components"]["schemas"]["CreateUser"];
+    assert_eq!(create["additionalProperties"], false);
+    assert_eq!(create["properties"]["name"]["maxLength"], MAX_NAME_CHARS);
+    assert_eq!(create["properties"]["name"]["pattern"], NAME_PATTERN);
+    assert_eq!(create["properties"]["email"]["maxLength"], MAX_EMAIL_CHARS);
+    assert_eq!(create["properties"]["email"]["pattern"], EMAIL_PATTERN);
+    assert_eq!(create["properties"]["email"]["format"], "email");
+    assert_eq!(create["properties"]["password"]["minLength"], MIN_PASSWORD_CHARS);
+    let limit = doc["paths"]["/users"]["get"]["parameters"].as_array().expect("parameters")[0].clone();
+    assert_eq!(
+        (limit["name"].as_str(), limit["schema"]["maximum"].as_u64()),
+        (Some("limit"), Some(MAX_PAGE_SIZE.into()))
+    );
+
+    // At each documented bound: the last value in is accepted, the first one out refused.
+    let at =
+        |name: String, email: String, password: String| json!({"name": name, "email": email, "password": password});
+    // Host labels are at most 63 characters: the domain is labels of 60 and one that makes up the length.
+    let longest_email = |extra: usize| {
+        let local = unique("bound");
+        let length = MAX_EMAIL_CHARS + extra - local.len() - 1;
+        let mut domain = String::new();
+        while domain.len() + 61 < length {
+            domain += &format!("{}.", "d".repeat(60));
+        }
+        domain += &"e".repeat(length - domain.len());
+        format!("{local}@{domain}")
+    };
+    let fits = at("é".repeat(MAX_NAME_CHARS), longest_email(0), "p".repeat(MIN_PASSWORD_CHARS));
+    assert_eq!(fits["email"].as_str().map(|e| e.chars().count()), Some(MAX_EMAIL_CHARS), "{fits}");
+    assert_eq!(app.post_json("/users", &fits).await.status(), 201);
+    let too_long_name = at("é".repeat(MAX_NAME_CHARS + 1), email(), PASSWORD.into());
+    let too_long_email = at("Ada".into(), longest_email(1), PASSWORD.into());
+    let too_short_password = at("Ada".into(), email(), "p".repeat(MIN_PASSWORD_CHARS - 1));
+    for (field, body) in [("name", too_long_name), ("email", too_long_email), ("password", too_short_password)] {
+        let refused = problem(app.post_json("/users", &body).await, 422, "validation-failed").await;
+        assert_eq!(refused["errors"][0]["field"], field, "{refused}");
+    }
+    let (status, _) = app.get_json(&format!("/users?limit={MAX_PAGE_SIZE}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.get_json(&format!("/users?limit={}", MAX_PAGE_SIZE + 1)).await;
+    assert_eq!(status, 422);
+    app.stop().await;
 }
 
 #[tokio::test]
