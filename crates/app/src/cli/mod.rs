@@ -3,6 +3,7 @@
 mod config;
 mod dlq;
 mod migrate;
+mod outbox;
 mod serve;
 mod users;
 
@@ -15,6 +16,7 @@ use tokio::runtime::Runtime;
 
 pub use config::render_effective_config;
 pub use dlq::DlqAction;
+pub use outbox::OutboxAction;
 pub use users::UsersAction;
 
 use crate::settings::Settings;
@@ -46,6 +48,12 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Inspect or un-park the outbox events parked after OUTBOX_MAX_ATTEMPTS rejections by Kafka.
+    Outbox {
+        /// parked or unpark.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Manage users from the command line (the first administrator).
     Users {
         /// create-admin.
@@ -72,6 +80,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::run(settings),
         Command::Migrate => migrate::run(&settings.config),
         Command::Dlq { action } => dlq::run(&settings.config, action),
+        Command::Outbox { action } => outbox::run(&settings.config, action),
         Command::Users { action } => users::run(&settings, action),
     }
 }

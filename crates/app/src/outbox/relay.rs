@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::OutboxMetrics;
-use super::topics::EventTopics;
+use super::topics::{EventTopics, TopicState};
 use crate::settings::OutboxSettings;
 
 /// The advisory lock only the publishing relay holds: "outbox" in ASCII. Any other user of advisory locks in
@@ -112,7 +112,7 @@ pub struct BacklogSnapshot {
     pub pending: i64,
     /// When the oldest of them happened; `None` when nothing is pending.
     pub oldest_occurred_at: Option<OffsetDateTime>,
-    /// Events parked after OUTBOX_MAX_ATTEMPTS rejections: they wait for an operator (docs/infra.md).
+    /// Events parked after OUTBOX_MAX_ATTEMPTS rejections: they wait for an operator (docs/architecture.md).
     pub parked: i64,
 }
 
@@ -231,9 +231,7 @@ impl OutboxRelay {
                 Err(err) => {
                     outage.failed(&err);
                     let delay = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
-                    // The topic is back: no reason to wait the backoff out.
-                    let restored = matches!(err, RelayError::Publish { .. }) && self.restore_topics().await;
-                    if restored { self.settings.poll_interval } else { delay }
+                    if self.recover_from(&err).await { self.settings.poll_interval } else { delay }
                 }
             };
             tokio::select! {
@@ -288,7 +286,7 @@ impl OutboxRelay {
         let parked = self.record_failures(&mut tx, &sends).await?;
         tx.commit().await.map_err(RelayError::postgres("committing the round"))?;
         for (seq, event_type, error) in &parked {
-            tracing::warn!(seq, %event_type, %error, attempts = self.settings.max_attempts, "outbox event parked: Kafka rejects it; the later events of its key go on (see docs/infra.md to inspect or un-park it)");
+            tracing::warn!(seq, %event_type, %error, attempts = self.settings.max_attempts, "outbox event parked: Kafka rejects it; the later events of its key go on (see docs/architecture.md to inspect or un-park it)");
         }
         self.metrics.parked.increment(parked.len() as u64);
         match sends.first_error {
@@ -423,6 +421,22 @@ impl OutboxRelay {
         }
     }
 
+    /// After a round whose sends failed: brings back a topic the broker lost, and replaces a producer whose sends
+    /// time out while the broker answers (an idempotent producer can hang after a broker restarted without its
+    /// state, see docs/reliability.md). Whether something was repaired, so the next round need not wait the
+    /// backoff out.
+    async fn recover_from(&self, err: &RelayError) -> bool {
+        let RelayError::Publish { first, .. } = err else { return false };
+        match self.restore_topics().await {
+            TopicState::Created => true,
+            TopicState::Present if matches!(first, ProduceError::TimedOut { .. }) => {
+                self.producer.replace("sends timed out while the broker answers");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the oldest pending event has waited [`STUCK_BACKLOG`] or longer.
     fn backlog_stuck(&self) -> bool {
         let now = OffsetDateTime::now_utc();
@@ -431,11 +445,11 @@ impl OutboxRelay {
             .is_some_and(|snapshot| snapshot.pending > 0 && snapshot.oldest_age(now) >= STUCK_BACKLOG)
     }
 
-    /// Re-creates or reports a topic the broker lost (see [`EventTopics::restore`]); whether one was created.
-    async fn restore_topics(&self) -> bool {
+    /// Re-creates or reports a topic the broker lost (see [`EventTopics::restore`]).
+    async fn restore_topics(&self) -> TopicState {
         match &self.topics {
             Some(topics) => topics.restore().await,
-            None => false,
+            None => TopicState::Unknown,
         }
     }
 

@@ -10,6 +10,19 @@ use infra::kafka::{KafkaClient, KafkaConfig};
 /// Partitions of the event topic when the service creates it.
 pub const EVENT_TOPIC_PARTITIONS: i32 = 3;
 
+/// What a look-up of the event topic found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicState {
+    /// The broker answered and knows the topic.
+    Present,
+    /// The broker did not know it; the service created it (KAFKA_CREATE_TOPICS).
+    Created,
+    /// The broker does not know it and it was not created (KAFKA_CREATE_TOPICS=false, or creating failed).
+    Missing,
+    /// The broker did not answer the look-up.
+    Unknown,
+}
+
 /// The event topic and its dead-letter topic, with what to do when they are missing.
 #[derive(Debug)]
 pub struct EventTopics {
@@ -50,34 +63,34 @@ impl EventTopics {
 
     /// After failed sends: looks the event topic up and, when the broker does not know it, re-creates both
     /// topics (KAFKA_CREATE_TOPICS) or reports it once (a warning; `/health/kafka` shows it too) and leaves it to
-    /// whoever provisions topics. Returns whether a topic was created. A broker that does not answer is not
-    /// judged here: the sends' own errors already say so.
-    pub async fn restore(&self) -> bool {
+    /// whoever provisions topics.
+    pub async fn restore(&self) -> TopicState {
         let (topic, _) = &self.topics[0];
-        let missing = match self.kafka.topic_metadata(topic, self.timeout).await {
-            Ok(_) => false,
-            Err(err) => err.is_unknown_topic(),
-        };
-        if !missing {
-            self.reported_missing.store(false, Ordering::Relaxed);
-            return false;
+        match self.kafka.topic_metadata(topic, self.timeout).await {
+            Ok(_) => {
+                self.reported_missing.store(false, Ordering::Relaxed);
+                return TopicState::Present;
+            }
+            Err(err) if !err.is_unknown_topic() => return TopicState::Unknown,
+            Err(_) => {}
         }
         if !self.create {
             if !self.reported_missing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(%topic, "the event topic does not exist and KAFKA_CREATE_TOPICS=false: events wait in the outbox until it is provisioned");
             }
-            return false;
+            return TopicState::Missing;
         }
-        let mut created = false;
+        let mut created = true;
         for (name, partitions) in &self.topics {
-            match self.kafka.ensure_topic(name, *partitions, self.timeout).await {
-                Ok(()) => created = true,
-                Err(err) => tracing::debug!(topic = %name, error = %err, "topic not re-created yet"),
+            if let Err(err) = self.kafka.ensure_topic(name, *partitions, self.timeout).await {
+                tracing::debug!(topic = %name, error = %err, "topic not re-created yet");
+                created = false;
             }
         }
-        if created {
-            tracing::info!(%topic, partitions = EVENT_TOPIC_PARTITIONS, "the broker had lost the event topics; re-created them");
+        if !created {
+            return TopicState::Missing;
         }
-        created
+        tracing::info!(%topic, partitions = EVENT_TOPIC_PARTITIONS, "the broker had lost the event topics; re-created them");
+        TopicState::Created
     }
 }

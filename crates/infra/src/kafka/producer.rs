@@ -161,30 +161,46 @@ impl KafkaProducer {
         self.producer.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Replaces the producer in use by a new one built from the same settings, shared by every clone: for a
+    /// caller whose sends keep timing out while the cluster answers (an idempotent producer can hang in its
+    /// producer-id handshake with a broker that restarted without its state, without a fatal error). Records
+    /// still queued in the old producer fail.
+    pub fn replace(&self, why: &str) {
+        let current = self.current();
+        if self.swap(&current) {
+            tracing::warn!(target: "infra::kafka", reason = why, "Kafka producer replaced by a new one");
+        }
+    }
+
     /// Replaces `failed` when librdkafka reports it failed for good, unless a clone already did. A new
-    /// producer gets a new producer id, so its sends are accepted again; records still queued in the old one
-    /// fail when it is dropped.
-    ///
-    /// Dropping a librdkafka producer purges and flushes it (up to 500 ms) and joins its threads: the old one is
-    /// dropped on the blocking pool.
+    /// producer gets a new producer id, so its sends are accepted again.
     fn replace_if_fatal(&self, failed: Arc<FutureProducer>) {
         let Some((code, reason)) = failed.client().fatal_error() else { return };
-        let old = {
+        if self.swap(&failed) {
+            tracing::warn!(target: "infra::kafka", error = %code, %reason, "Kafka producer failed for good; replaced by a new one");
+        }
+    }
+
+    /// Puts a new producer in place of `old` unless a clone already replaced it; whether it did. Dropping a
+    /// librdkafka producer purges and flushes it (up to 500 ms) and joins its threads: the old one is dropped on
+    /// the blocking pool.
+    fn swap(&self, old: &Arc<FutureProducer>) -> bool {
+        let replaced = {
             let mut slot = self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !Arc::ptr_eq(&slot, &failed) {
-                return;
+            if !Arc::ptr_eq(&slot, old) {
+                return false;
             }
             match self.settings.create::<FutureProducer>() {
                 Ok(fresh) => std::mem::replace(&mut *slot, Arc::new(fresh)),
                 Err(err) => {
-                    tracing::error!(target: "infra::kafka", error = %err, "Kafka producer failed for good and cannot be replaced");
-                    return;
+                    tracing::error!(target: "infra::kafka", error = %err, "cannot create a Kafka producer to replace the failed one");
+                    return false;
                 }
             }
         };
         self.metrics.replaced();
-        tracing::warn!(target: "infra::kafka", error = %code, %reason, "Kafka producer failed for good; replaced by a new one");
-        drop(tokio::task::spawn_blocking(move || drop((old, failed))));
+        drop(tokio::task::spawn_blocking(move || drop(replaced)));
+        true
     }
 
     fn classify(&self, topic: &str, err: RdKafkaError) -> ProduceError {
