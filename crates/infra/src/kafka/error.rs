@@ -197,3 +197,41 @@ impl fmt::Display for HandlerError {
         f.write_str(&self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RDKafkaErrorCode) -> ProduceError {
+        ProduceError::Rejected { topic: "t".into(), cause: RdKafkaError::MessageProduction(code) }
+    }
+
+    #[test]
+    fn only_a_record_at_fault_counts_as_rejected_for_its_own_sake() {
+        assert!(rejected(RDKafkaErrorCode::MessageSizeTooLarge).is_record_rejected());
+        assert!(rejected(RDKafkaErrorCode::InvalidRecord).is_record_rejected());
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownProducerId,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!rejected(code).is_record_rejected(), "{code:?}");
+        }
+        let timed_out = ProduceError::TimedOut { topic: "t".into(), timeout: Duration::from_secs(1) };
+        assert!(!timed_out.is_record_rejected());
+    }
+
+    #[test]
+    fn a_missing_topic_is_recognised_in_sends_and_metadata() {
+        assert!(rejected(RDKafkaErrorCode::UnknownTopicOrPartition).is_unknown_topic());
+        assert!(rejected(RDKafkaErrorCode::UnknownTopic).is_unknown_topic());
+        assert!(!rejected(RDKafkaErrorCode::MessageSizeTooLarge).is_unknown_topic());
+        let unknown = RDKafkaErrorCode::UnknownTopicOrPartition.to_string();
+        assert!(KafkaError::Topic { topic: "t".into(), reason: unknown }.is_unknown_topic());
+        assert!(KafkaError::Topic { topic: "t".into(), reason: NOT_IN_METADATA.into() }.is_unknown_topic());
+        assert!(
+            !KafkaError::Topic { topic: "t".into(), reason: "Broker: Leader not available".into() }.is_unknown_topic()
+        );
+    }
+}
