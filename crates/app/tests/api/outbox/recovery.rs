@@ -188,3 +188,41 @@ async fn an_event_kafka_always_rejects_is_parked_and_the_later_events_of_its_key
     reader.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_command_line_lists_parked_events_and_hands_them_back_to_the_relay() {
+    let db = TestDb::create();
+    let client = database(&db).await;
+    db.query(
+        "INSERT INTO outbox (id, event_type, key, payload, attempts, parked_at, last_error) VALUES \
+         (gen_random_uuid(), 'test.too-large', 'k1', '{}'::jsonb, 10, now(), 'record too large'), \
+         (gen_random_uuid(), 'test.too-large', 'k2', '{}'::jsonb, 10, now(), 'record too large'), \
+         (gen_random_uuid(), 'test.pending', 'k3', '{}'::jsonb, 0, NULL, NULL)",
+    );
+    let seqs: Vec<i64> = outbox_rows(&client).await.iter().map(|row| row.seq).collect();
+    let (dsn, workdir) = (db.dsn(), crate::helpers::TempDir::new());
+    let run = |args: &[&str]| {
+        let output = crate::helpers::binary(&[("POSTGRES_DSN", dsn.as_str())], &workdir.0)
+            .args(args)
+            .output()
+            .expect("run rust-app");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let listed = run(&["outbox", "parked"]);
+    assert!(listed.starts_with("2 parked event(s)"), "{listed}");
+    assert!(listed.contains(&format!("seq={} type=test.too-large key=k1", seqs[0])), "{listed}");
+    assert!(listed.contains("error=record too large"), "{listed}");
+    assert!(!listed.contains("test.pending"), "{listed}");
+
+    let seq = seqs[0].to_string();
+    assert_eq!(run(&["outbox", "unpark", &seq]).trim(), "1 event(s) handed back to the relay");
+    let unparked: (Option<OffsetDateTime>, i32) = client
+        .query_one(sql("SELECT parked_at, attempts FROM outbox WHERE seq = $1").bind(seqs[0]))
+        .await
+        .expect("row");
+    assert_eq!(unparked, (None, 0), "pending again, its attempts from zero");
+    assert_eq!(run(&["outbox", "unpark", "--all"]).trim(), "1 event(s) handed back to the relay");
+    assert!(run(&["outbox", "parked"]).starts_with("0 parked event(s)"));
+}
