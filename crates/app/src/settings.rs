@@ -84,6 +84,9 @@ pub struct OutboxSettings {
     pub batch_size: u32,
     /// `OUTBOX_RETENTION`: how long sent events stay in the outbox table before they are pruned.
     pub retention: Duration,
+    /// `OUTBOX_MAX_ATTEMPTS`: failed sends after which an event Kafka rejects for its own sake (too large,
+    /// malformed) is parked: kept, no longer sent, reported — so it stops holding back its key's later events.
+    pub max_attempts: u32,
 }
 
 /// The event log (every consumed event).
@@ -178,6 +181,7 @@ impl OutboxSettings {
             poll_interval: r.duration("OUTBOX_POLL_INTERVAL", Duration::from_millis(500), Unit::Milliseconds, false),
             batch_size: r.int("OUTBOX_BATCH_SIZE", 100, 1, 10_000),
             retention: r.duration("OUTBOX_RETENTION", Duration::from_secs(7 * 24 * 3600), Unit::Minutes, false),
+            max_attempts: r.int("OUTBOX_MAX_ATTEMPTS", 10, 1, 1_000_000),
         }
     }
 }

@@ -11,7 +11,6 @@ use infra::health::{Criticality, HealthRegistry};
 use infra::kafka::{KafkaClient, KafkaConsumer, KafkaHealth, KafkaProducer};
 use infra::postgres::{PostgresClient, PostgresHealth};
 use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
-use infra::settings::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -25,6 +24,7 @@ use crate::http::sessions::CookieSettings;
 use crate::http::{self, AppState, Limits, RequestLimits, Services, rate_limit};
 use crate::outbox::health::KafkaWithOutboxHealth;
 use crate::outbox::relay::OutboxRelay;
+use crate::outbox::topics::EventTopics;
 use crate::serve::ServerLimits;
 use crate::settings::Settings;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
@@ -33,8 +33,6 @@ use crate::users::postgres::PostgresUsers;
 use crate::users::redis::{RedisSessions, RedisUserCache};
 use crate::users::{CachedUserRepository, Users};
 
-/// Partitions of the event topic when the service creates it.
-const EVENT_TOPIC_PARTITIONS: i32 = 3;
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The least time the consumer and the producer get at shutdown, even when draining HTTP used up the rest.
@@ -83,7 +81,8 @@ impl Application {
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
         let kafka = KafkaClient::connect_lazy(&config.kafka)?;
-        let topics = spawn_ensure_topics(kafka.clone(), config);
+        let event_topics = Arc::new(EventTopics::new(kafka.clone(), &config.kafka));
+        let topics = spawn_ensure_topics(event_topics.clone());
         let producer = KafkaProducer::connect_lazy(&config.kafka)?;
         let consumer = KafkaConsumer::connect_lazy(&config.kafka, producer.clone())?;
         let event_log = Arc::new(PostgresEventLog::new(postgres.clone()));
@@ -96,7 +95,8 @@ impl Application {
             .with_projection(Arc::new(user_activity))
             .with_projection(Arc::new(user_cache));
         let relay =
-            OutboxRelay::new(postgres.clone(), producer.clone(), config.kafka.topic.clone(), settings.outbox.clone());
+            OutboxRelay::new(postgres.clone(), producer.clone(), config.kafka.topic.clone(), settings.outbox.clone())
+                .with_topics(event_topics);
 
         let ops = OpsSources {
             service: config.service.name.clone(),
@@ -300,16 +300,7 @@ async fn relay_once_topics_exist(relay: OutboxRelay, topics: JoinHandle<()>, sto
     }
 }
 
-/// Creates the event topic and its dead-letter topic when missing (brokers may also auto-create them).
-fn spawn_ensure_topics(kafka: KafkaClient, config: &Config) -> JoinHandle<()> {
-    let topics = [(config.kafka.topic.clone(), EVENT_TOPIC_PARTITIONS), (config.kafka.dlq_topic.clone(), 1)];
-    let timeout = config.kafka.dial_timeout;
-    tokio::spawn(async move {
-        for (topic, partitions) in topics {
-            match kafka.ensure_topic(&topic, partitions, timeout).await {
-                Ok(()) => tracing::debug!(%topic, "topic present"),
-                Err(err) => tracing::warn!(%topic, error = %err, "cannot make sure the topic exists"),
-            }
-        }
-    })
+/// Creates the event topic and its dead-letter topic when missing and KAFKA_CREATE_TOPICS is on.
+fn spawn_ensure_topics(topics: Arc<EventTopics>) -> JoinHandle<()> {
+    tokio::spawn(async move { topics.create_at_start().await })
 }

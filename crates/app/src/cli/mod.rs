@@ -4,6 +4,7 @@ mod completions;
 mod config;
 mod dlq;
 mod migrate;
+mod outbox;
 mod serve;
 mod users;
 
@@ -17,6 +18,7 @@ use tokio::runtime::Runtime;
 pub use config::render_effective_config;
 pub use dlq::DlqAction;
 pub use migrate::MigrateAction;
+pub use outbox::OutboxAction;
 pub use users::UsersAction;
 
 use crate::settings::Settings;
@@ -61,6 +63,12 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Inspect or un-park the outbox events parked after OUTBOX_MAX_ATTEMPTS rejections by Kafka.
+    Outbox {
+        /// parked or unpark.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Manage users from the command line (the first administrator).
     Users {
         /// create-admin.
@@ -96,6 +104,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::run(settings),
         Command::Migrate { action } => migrate::run(&settings.config, action),
         Command::Dlq { action } => dlq::run(&settings.config, action),
+        Command::Outbox { action } => outbox::run(&settings.config, action),
         Command::Users { action } => users::run(&settings, action),
         Command::Completions { shell } => {
             completions::print(shell);

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 
 use super::relay::{Backlog, BacklogSnapshot};
 
-/// [`KafkaHealth`] plus `outbox_pending` and `outbox_oldest_pending_age_seconds` in its details (both `null`
+/// [`KafkaHealth`] plus `outbox_pending`, `outbox_oldest_pending_age_seconds` and `outbox_parked` (events
+/// parked after OUTBOX_MAX_ATTEMPTS rejections) in its details (all `null`
 /// while the backlog is unknown: before the relay's first measurement, or PostgreSQL unreachable). A backlog,
 /// however large, does not fail the check: it is the relay doing its job, or waiting for Kafka — which the
 /// wrapped check reports on its own. When Kafka is down, the registry keeps only the failure's message, so the
@@ -47,19 +48,23 @@ impl HealthCheck for KafkaWithOutboxHealth {
         let now = OffsetDateTime::now_utc();
         match result {
             Ok(mut details) => {
-                let (pending, age) = match backlog {
-                    Some(snapshot) => (json!(snapshot.pending), json!(age_seconds(&snapshot, now))),
-                    None => (json!(null), json!(null)),
+                let (pending, age, parked) = match backlog {
+                    Some(snapshot) => {
+                        (json!(snapshot.pending), json!(age_seconds(&snapshot, now)), json!(snapshot.parked))
+                    }
+                    None => (json!(null), json!(null), json!(null)),
                 };
                 details.insert("outbox_pending".into(), pending);
                 details.insert("outbox_oldest_pending_age_seconds".into(), age);
+                details.insert("outbox_parked".into(), parked);
                 Ok(details)
             }
             Err(failure) => Err(CheckFailure::new(match backlog {
                 Some(snapshot) => format!(
-                    "{failure}; outbox_pending={}, outbox_oldest_pending_age_seconds={}",
+                    "{failure}; outbox_pending={}, outbox_oldest_pending_age_seconds={}, outbox_parked={}",
                     snapshot.pending,
-                    age_seconds(&snapshot, now)
+                    age_seconds(&snapshot, now),
+                    snapshot.parked
                 ),
                 None => format!("{failure}; outbox backlog unknown"),
             })),

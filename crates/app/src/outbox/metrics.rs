@@ -16,6 +16,10 @@ pub mod names {
     pub const PUBLISH_FAILURES: &str = "outbox_publish_failures_total";
     /// Counter: sent events deleted after OUTBOX_RETENTION.
     pub const PRUNED: &str = "outbox_pruned_total";
+    /// Gauge: events parked after OUTBOX_MAX_ATTEMPTS rejections, waiting for an operator.
+    pub const PARKED: &str = "outbox_parked_events";
+    /// Counter: events parked (each once, when parked).
+    pub const PARKED_TOTAL: &str = "outbox_parked_total";
 }
 
 /// The relay's series, looked up once. Registered at zero when built, so dashboards and alerts see "none"
@@ -25,6 +29,8 @@ pub(crate) struct OutboxMetrics {
     pub(crate) published: Counter,
     pub(crate) publish_failures: Counter,
     pub(crate) pruned: Counter,
+    pub(crate) parked: Counter,
+    pub(crate) parked_now: Gauge,
     pub(crate) pending: Gauge,
     pub(crate) oldest_pending_age: Gauge,
 }
@@ -35,13 +41,16 @@ impl OutboxMetrics {
             published: counter!(names::PUBLISHED),
             publish_failures: counter!(names::PUBLISH_FAILURES),
             pruned: counter!(names::PRUNED),
+            parked: counter!(names::PARKED_TOTAL),
+            parked_now: gauge!(names::PARKED),
             pending: gauge!(names::PENDING),
             oldest_pending_age: gauge!(names::OLDEST_PENDING_AGE),
         };
-        for counter in [&metrics.published, &metrics.publish_failures, &metrics.pruned] {
+        for counter in [&metrics.published, &metrics.publish_failures, &metrics.pruned, &metrics.parked] {
             counter.increment(0);
         }
         metrics.pending.set(0.0);
+        metrics.parked_now.set(0.0);
         metrics.oldest_pending_age.set(0.0);
         metrics
     }

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod metrics;
 pub mod relay;
+pub mod topics;
 
 use std::collections::HashMap;
 

@@ -11,9 +11,17 @@
 //!   lock; among several instances only the holder publishes, the others wait for the next poll. So no row is
 //!   published twice by two relays, and events of one key leave in `seq` order. Within a key `seq` order is the
 //!   commit order: every write of a user locks its row before appending its event.
-//! - **Order per key survives concurrency.** A round's records are handed to the producer in `seq` order and
-//!   sent concurrently; the producer is idempotent, so records of one partition are stored in that order.
+//! - **Order per key, even across failures.** A round sends the events of each key one after the other, each
+//!   once the previous one was acknowledged, and the keys concurrently. When an event fails, the later events
+//!   of its key wait for the next round: no event overtakes an earlier one of its key.
+//! - **Poison events are parked, not retried forever.** An event Kafka rejects for its own sake (too large,
+//!   malformed: [`ProduceError::is_record_rejected`]) is parked once it failed OUTBOX_MAX_ATTEMPTS times: kept
+//!   with its last error, no longer sent, counted in `outbox_parked_events` — so its key moves on. Outages,
+//!   timeouts and a missing topic never park anything.
+//! - **A broker that lost its topics gets them back.** After failed sends the relay looks the topic up and, when
+//!   the broker does not know it, re-creates it (KAFKA_CREATE_TOPICS) or reports it (see [`EventTopics`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +32,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::OutboxMetrics;
+use super::topics::{EventTopics, TopicState};
 use crate::settings::OutboxSettings;
 
 /// The advisory lock only the publishing relay holds: "outbox" in ASCII. Any other user of advisory locks in
@@ -45,6 +54,9 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 5_000;
 /// The backlog measurement runs at most this often (and at the poll interval when that is longer).
 const MIN_BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
+/// A backlog whose oldest event waits this long may be stuck on a topic the broker lost: sends to a topic the
+/// producer knew fail only at KAFKA_DELIVERY_TIMEOUT, so the topic is looked up meanwhile, at most this often.
+const STUCK_BACKLOG: Duration = Duration::from_secs(5);
 
 /// Why a relay round, a pruning or a backlog measurement failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +108,12 @@ pub struct Backlog(Arc<Mutex<Option<BacklogSnapshot>>>);
 /// Pending events and the oldest one's time, at one measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BacklogSnapshot {
-    /// Events not yet acknowledged by Kafka.
+    /// Events not yet acknowledged by Kafka, parked ones aside.
     pub pending: i64,
     /// When the oldest of them happened; `None` when nothing is pending.
     pub oldest_occurred_at: Option<OffsetDateTime>,
+    /// Events parked after OUTBOX_MAX_ATTEMPTS rejections: they wait for an operator (docs/architecture.md).
+    pub parked: i64,
 }
 
 impl BacklogSnapshot {
@@ -135,6 +149,7 @@ pub struct OutboxRelay {
     settings: OutboxSettings,
     backlog: Backlog,
     metrics: OutboxMetrics,
+    topics: Option<Arc<EventTopics>>,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -146,11 +161,29 @@ impl std::fmt::Debug for OutboxRelay {
 /// A pending row as the relay reads it: seq, event type, key, payload (JSON text), traceparent, tracestate.
 type PendingRow = (i64, String, String, String, Option<String>, Option<String>);
 
+/// What the sends of one round came to.
+#[derive(Debug, Default)]
+struct Sends {
+    /// Acknowledged events.
+    sent: Vec<i64>,
+    /// Failed events: `seq`, the error, and whether Kafka rejected the event for its own sake.
+    failed: Vec<(i64, String, bool)>,
+    /// The failure of the lowest `seq`.
+    first_error: Option<(i64, ProduceError)>,
+}
+
 impl OutboxRelay {
     /// A relay publishing to `topic` through `producer`. Registers the outbox metrics at zero, so they are
     /// exported from the start.
     pub fn new(postgres: PostgresClient, producer: KafkaProducer, topic: String, settings: OutboxSettings) -> Self {
-        OutboxRelay { postgres, producer, topic, settings, backlog: Backlog::default(), metrics: OutboxMetrics::new() }
+        let (backlog, metrics) = (Backlog::default(), OutboxMetrics::new());
+        OutboxRelay { postgres, producer, topic, settings, backlog, metrics, topics: None }
+    }
+
+    /// After failed sends, looks `topics` up and re-creates or reports a topic the broker lost.
+    pub fn with_topics(mut self, topics: Arc<EventTopics>) -> Self {
+        self.topics = Some(topics);
+        self
     }
 
     /// The backlog this relay measures, for the health check.
@@ -197,7 +230,8 @@ impl OutboxRelay {
                 Ok(Round::LockBusy) => self.settings.poll_interval,
                 Err(err) => {
                     outage.failed(&err);
-                    backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
+                    let delay = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
+                    if self.recover_from(&err).await { self.settings.poll_interval } else { delay }
                 }
             };
             tokio::select! {
@@ -232,7 +266,7 @@ impl OutboxRelay {
         let rows: Vec<PendingRow> = tx
             .query(
                 sql("SELECT seq, event_type, key, payload::text, traceparent, tracestate FROM outbox \
-                     WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED")
+                     WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED")
                 .bind(batch),
             )
             .await
@@ -241,37 +275,103 @@ impl OutboxRelay {
             tx.commit().await.map_err(RelayError::postgres("ending an empty round"))?;
             return Ok(Round::Published { published: 0, full: false });
         }
-        // join_all polls the sends in order on its first pass, so they reach the producer in seq order.
-        let results = futures::future::join_all(rows.iter().map(|row| self.publish(row))).await;
-        let mut sent = Vec::with_capacity(rows.len());
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(()) => sent.push(row.0),
-                Err(err) => {
-                    failed.push(row.0);
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        self.metrics.published.increment(sent.len() as u64);
-        self.metrics.publish_failures.increment(failed.len() as u64);
-        if !sent.is_empty() {
-            tx.exec(sql("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)").bind(sent.as_slice()))
+        let sends = self.publish_in_key_order(&rows).await;
+        self.metrics.published.increment(sends.sent.len() as u64);
+        self.metrics.publish_failures.increment(sends.failed.len() as u64);
+        if !sends.sent.is_empty() {
+            tx.exec(sql("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)").bind(sends.sent.as_slice()))
                 .await
                 .map_err(RelayError::postgres("marking acknowledged events sent"))?;
         }
-        if !failed.is_empty() {
-            tx.exec(sql("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ANY($1)").bind(failed.as_slice()))
-                .await
-                .map_err(RelayError::postgres("counting failed attempts"))?;
-        }
+        let parked = self.record_failures(&mut tx, &sends).await?;
         tx.commit().await.map_err(RelayError::postgres("committing the round"))?;
-        match first_error {
-            Some(first) => Err(RelayError::Publish { attempted: rows.len(), failed: failed.len(), first }),
-            None => Ok(Round::Published { published: sent.len(), full: rows.len() as i64 >= batch }),
+        for (seq, event_type, error) in &parked {
+            tracing::warn!(seq, %event_type, %error, attempts = self.settings.max_attempts, "outbox event parked: Kafka rejects it; the later events of its key go on (see docs/architecture.md to inspect or un-park it)");
         }
+        self.metrics.parked.increment(parked.len() as u64);
+        match sends.first_error {
+            // Nothing went through: an outage (or only poison events left), worth a backoff.
+            Some((_, first)) if sends.sent.is_empty() => {
+                Err(RelayError::Publish { attempted: sends.failed.len(), failed: sends.failed.len(), first })
+            }
+            _ => Ok(Round::Published { published: sends.sent.len(), full: rows.len() as i64 >= batch }),
+        }
+    }
+
+    /// Sends `rows` (in `seq` order) key by key: the events of one key one after the other, each once the
+    /// previous one was acknowledged, the keys concurrently. A key's first failure ends its turn: its later
+    /// events are not sent this round, so none overtakes the failed one.
+    async fn publish_in_key_order<'r>(&self, rows: &'r [PendingRow]) -> Sends {
+        let mut chains: Vec<Vec<&'r PendingRow>> = Vec::new();
+        let mut chain_of: HashMap<&'r str, usize> = HashMap::new();
+        for row in rows {
+            let index = *chain_of.entry(row.2.as_str()).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[index].push(row);
+        }
+        let turns = futures::future::join_all(chains.iter().map(|chain| self.publish_chain(chain))).await;
+        let mut sends = Sends::default();
+        for (sent, failure) in turns {
+            sends.sent.extend(sent);
+            if let Some((seq, err)) = failure {
+                sends.failed.push((seq, err.to_string(), err.is_record_rejected()));
+                sends.first_error = match sends.first_error.take() {
+                    Some((first_seq, first)) if first_seq < seq => Some((first_seq, first)),
+                    _ => Some((seq, err)),
+                };
+            }
+        }
+        sends
+    }
+
+    /// One key's turn: its events in order until one fails. The sent `seq`s, and the failed one with its error.
+    async fn publish_chain(&self, chain: &[&PendingRow]) -> (Vec<i64>, Option<(i64, ProduceError)>) {
+        let mut sent = Vec::with_capacity(chain.len());
+        for row in chain {
+            match self.publish(row).await {
+                Ok(()) => sent.push(row.0),
+                Err(err) => return (sent, Some((row.0, err))),
+            }
+        }
+        (sent, None)
+    }
+
+    /// Counts the failed sends and their errors, and parks the events Kafka rejected for their own sake once
+    /// they reached OUTBOX_MAX_ATTEMPTS. Returns the parked ones: `seq`, event type, error.
+    async fn record_failures(
+        &self,
+        tx: &mut infra::postgres::Transaction,
+        sends: &Sends,
+    ) -> Result<Vec<(i64, String, String)>, RelayError> {
+        if sends.failed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<i64> = sends.failed.iter().map(|(seq, _, _)| *seq).collect();
+        let errors: Vec<String> = sends.failed.iter().map(|(_, error, _)| error.clone()).collect();
+        tx.exec(
+            sql("UPDATE outbox SET attempts = attempts + 1, last_error = failed.error \
+                 FROM unnest($1::bigint[], $2::text[]) AS failed(seq, error) WHERE outbox.seq = failed.seq")
+            .bind(seqs)
+            .bind(errors),
+        )
+        .await
+        .map_err(RelayError::postgres("counting failed attempts"))?;
+        let rejected: Vec<i64> =
+            sends.failed.iter().filter(|(_, _, rejected)| *rejected).map(|(seq, _, _)| *seq).collect();
+        if rejected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max_attempts = i32::try_from(self.settings.max_attempts).unwrap_or(i32::MAX);
+        tx.query(
+            sql("UPDATE outbox SET parked_at = now() WHERE seq = ANY($1) AND attempts >= $2 \
+                 RETURNING seq, event_type, coalesce(last_error, '')")
+            .bind(rejected)
+            .bind(max_attempts),
+        )
+        .await
+        .map_err(RelayError::postgres("parking rejected events"))
     }
 
     /// Sends one row: key and value as stored, the event type as a header, and the trace context of the
@@ -296,6 +396,7 @@ impl OutboxRelay {
         measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let prune_every = prune_interval(self.settings.retention);
         let mut next_prune = Instant::now();
+        let mut next_topic_check = Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -310,6 +411,45 @@ impl OutboxRelay {
                 () = stop.cancelled() => return,
                 () = self.upkeep(prune, stop) => {}
             }
+            if Instant::now() >= next_topic_check && self.backlog_stuck() {
+                next_topic_check = Instant::now() + STUCK_BACKLOG;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = self.restore_topics() => {}
+                }
+            }
+        }
+    }
+
+    /// After a round whose sends failed: brings back a topic the broker lost, and replaces a producer whose sends
+    /// time out while the broker answers (an idempotent producer can hang after a broker restarted without its
+    /// state, see docs/reliability.md). Whether something was repaired, so the next round need not wait the
+    /// backoff out.
+    async fn recover_from(&self, err: &RelayError) -> bool {
+        let RelayError::Publish { first, .. } = err else { return false };
+        match self.restore_topics().await {
+            TopicState::Created => true,
+            TopicState::Present if matches!(first, ProduceError::TimedOut { .. }) => {
+                self.producer.replace("sends timed out while the broker answers");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the oldest pending event has waited [`STUCK_BACKLOG`] or longer.
+    fn backlog_stuck(&self) -> bool {
+        let now = OffsetDateTime::now_utc();
+        self.backlog
+            .snapshot()
+            .is_some_and(|snapshot| snapshot.pending > 0 && snapshot.oldest_age(now) >= STUCK_BACKLOG)
+    }
+
+    /// Re-creates or reports a topic the broker lost (see [`EventTopics::restore`]).
+    async fn restore_topics(&self) -> TopicState {
+        match &self.topics {
+            Some(topics) => topics.restore().await,
+            None => TopicState::Unknown,
         }
     }
 
@@ -332,20 +472,22 @@ impl OutboxRelay {
     async fn measure_backlog(&self) -> Result<BacklogSnapshot, RelayError> {
         let measured = self
             .postgres
-            .query_one::<(i64, Option<OffsetDateTime>)>(sql(
-                "SELECT count(*), min(occurred_at) FROM outbox WHERE sent_at IS NULL",
+            .query_one::<(i64, Option<OffsetDateTime>, i64)>(sql(
+                "SELECT count(*) FILTER (WHERE parked_at IS NULL), min(occurred_at) FILTER (WHERE parked_at IS NULL), \
+                 count(*) FILTER (WHERE parked_at IS NOT NULL) FROM outbox WHERE sent_at IS NULL",
             ))
             .await
             .map_err(RelayError::postgres("measuring the backlog"));
-        let (pending, oldest_occurred_at) = match measured {
+        let (pending, oldest_occurred_at, parked) = match measured {
             Ok(measured) => measured,
             Err(err) => {
                 self.backlog.set(None);
                 return Err(err);
             }
         };
-        let snapshot = BacklogSnapshot { pending, oldest_occurred_at };
+        let snapshot = BacklogSnapshot { pending, oldest_occurred_at, parked };
         self.metrics.pending.set(pending as f64);
+        self.metrics.parked_now.set(parked as f64);
         self.metrics.oldest_pending_age.set(snapshot.oldest_age(OffsetDateTime::now_utc()).as_secs_f64());
         self.backlog.set(Some(snapshot));
         Ok(snapshot)
@@ -423,11 +565,13 @@ mod tests {
     #[test]
     fn the_oldest_age_is_zero_without_pending_events_and_never_negative() {
         let now = OffsetDateTime::now_utc();
-        let none = BacklogSnapshot { pending: 0, oldest_occurred_at: None };
+        let none = BacklogSnapshot { pending: 0, oldest_occurred_at: None, parked: 0 };
         assert_eq!(none.oldest_age(now), Duration::ZERO);
-        let old = BacklogSnapshot { pending: 3, oldest_occurred_at: Some(now - time::Duration::seconds(90)) };
+        let old =
+            BacklogSnapshot { pending: 3, oldest_occurred_at: Some(now - time::Duration::seconds(90)), parked: 0 };
         assert_eq!(old.oldest_age(now), Duration::from_secs(90));
-        let future = BacklogSnapshot { pending: 1, oldest_occurred_at: Some(now + time::Duration::seconds(5)) };
+        let future =
+            BacklogSnapshot { pending: 1, oldest_occurred_at: Some(now + time::Duration::seconds(5)), parked: 0 };
         assert_eq!(future.oldest_age(now), Duration::ZERO, "another instance's clock may run ahead");
     }
 
@@ -470,7 +614,7 @@ mod tests {
     fn the_backlog_is_unknown_until_measured() {
         let backlog = Backlog::default();
         assert_eq!(backlog.snapshot(), None);
-        let snapshot = BacklogSnapshot { pending: 2, oldest_occurred_at: None };
+        let snapshot = BacklogSnapshot { pending: 2, oldest_occurred_at: None, parked: 1 };
         backlog.set(Some(snapshot));
         assert_eq!(backlog.clone().snapshot(), Some(snapshot));
     }

@@ -2,6 +2,7 @@
 //! dependencies fail. Every test uses private servers (test_support) behind TCP proxies it controls; the shared
 //! stack is never touched.
 
+mod broker_restarts;
 mod checks;
 mod deployment;
 mod load;

@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::KafkaConfig;
-use super::error::KafkaError;
+use super::error::{KafkaError, NOT_IN_METADATA};
 
 /// What the broker reports about a topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,11 +132,8 @@ impl KafkaClient {
         .map_err(|err| KafkaError::Aborted(err.to_string()))?
         .map_err(|error| self.request_error(error))?;
         let topic_error = |reason: String| KafkaError::Topic { topic: topic.to_string(), reason };
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or_else(|| topic_error("not in metadata".into()))?;
+        let found =
+            metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| topic_error(NOT_IN_METADATA.into()))?;
         if let Some(err) = found.error() {
             return Err(topic_error(RDKafkaErrorCode::from(err).to_string()));
         }

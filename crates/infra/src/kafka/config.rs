@@ -58,6 +58,9 @@ pub struct KafkaConfig {
     /// `KAFKA_SSL_CA_LOCATION`: CA certificate (PEM) to verify the brokers with, instead of the system's; only
     /// with the TLS protocols (SSL, SASL_SSL).
     pub ssl_ca_location: Option<PathBuf>,
+    /// `KAFKA_CREATE_TOPICS`: whether the service creates its topics (at start, and again when the broker lost
+    /// them). On by default for local use; off in production, where topics are provisioned.
+    pub create_topics: bool,
 }
 
 impl KafkaConfig {
@@ -95,6 +98,7 @@ impl KafkaConfig {
             sasl_username: read_sasl_username(r, protocol),
             sasl_password: read_sasl_password(r, protocol),
             ssl_ca_location: read_ssl_ca_location(r, protocol),
+            create_topics: r.bool("KAFKA_CREATE_TOPICS", true),
         }
     }
 

@@ -5,6 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// The reason of a [`KafkaError::Topic`] for a topic the metadata does not list at all.
+pub(crate) const NOT_IN_METADATA: &str = "not in metadata";
 
 /// Errors of the admin client (metadata, topics) and of reading the dead-letter topic.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,17 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// Whether the broker answered that the topic does not exist (a metadata request, see
+    /// [`super::KafkaClient::topic_metadata`]).
+    pub fn is_unknown_topic(&self) -> bool {
+        match self {
+            KafkaError::Topic { reason, .. } => {
+                reason == NOT_IN_METADATA || *reason == RDKafkaErrorCode::UnknownTopicOrPartition.to_string()
+            }
+            _ => false,
+        }
+    }
+
     /// A low-cardinality label for spans and metrics.
     pub fn metric_class(&self) -> &'static str {
         match self {
@@ -93,6 +108,35 @@ impl ProduceError {
             ProduceError::Rejected { .. } => "rejected",
             ProduceError::Unflushed { .. } => "unflushed",
         }
+    }
+
+    /// Whether the record itself is at fault, so sending it again cannot succeed: too large for the broker's
+    /// or the client's limit, malformed, or refused by a topic policy. Outages, timeouts, a missing topic and
+    /// a producer that failed for good are not the record's fault: they pass once the cluster or the producer
+    /// is well again.
+    pub fn is_record_rejected(&self) -> bool {
+        let ProduceError::Rejected { cause, .. } = self else { return false };
+        matches!(
+            cause.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::InvalidMessage
+                    | RDKafkaErrorCode::MessageBatchTooLarge
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::PolicyViolation
+            )
+        )
+    }
+
+    /// Whether the topic does not exist (the broker lost it, or it was never created).
+    pub fn is_unknown_topic(&self) -> bool {
+        let ProduceError::Rejected { cause, .. } = self else { return false };
+        matches!(
+            cause.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        )
     }
 }
 
@@ -162,5 +206,43 @@ impl HandlerError {
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RDKafkaErrorCode) -> ProduceError {
+        ProduceError::Rejected { topic: "t".into(), cause: RdKafkaError::MessageProduction(code) }
+    }
+
+    #[test]
+    fn only_a_record_at_fault_counts_as_rejected_for_its_own_sake() {
+        assert!(rejected(RDKafkaErrorCode::MessageSizeTooLarge).is_record_rejected());
+        assert!(rejected(RDKafkaErrorCode::InvalidRecord).is_record_rejected());
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownProducerId,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!rejected(code).is_record_rejected(), "{code:?}");
+        }
+        let timed_out = ProduceError::TimedOut { topic: "t".into(), timeout: Duration::from_secs(1) };
+        assert!(!timed_out.is_record_rejected());
+    }
+
+    #[test]
+    fn a_missing_topic_is_recognised_in_sends_and_metadata() {
+        assert!(rejected(RDKafkaErrorCode::UnknownTopicOrPartition).is_unknown_topic());
+        assert!(rejected(RDKafkaErrorCode::UnknownTopic).is_unknown_topic());
+        assert!(!rejected(RDKafkaErrorCode::MessageSizeTooLarge).is_unknown_topic());
+        let unknown = RDKafkaErrorCode::UnknownTopicOrPartition.to_string();
+        assert!(KafkaError::Topic { topic: "t".into(), reason: unknown }.is_unknown_topic());
+        assert!(KafkaError::Topic { topic: "t".into(), reason: NOT_IN_METADATA.into() }.is_unknown_topic());
+        assert!(
+            !KafkaError::Topic { topic: "t".into(), reason: "Broker: Leader not available".into() }.is_unknown_topic()
+        );
     }
 }

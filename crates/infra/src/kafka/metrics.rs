@@ -27,6 +27,9 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "kafka_consumer_lag";
     /// Gauge: partitions assigned to this consumer.
     pub const ASSIGNED_PARTITIONS: &str = "kafka_consumer_assigned_partitions";
+    /// Counter: producers that failed for good (librdkafka's fatal error, e.g. the idempotent producer's
+    /// `UnknownProducerId` after a broker lost its state) and were replaced by a new one.
+    pub const PRODUCERS_REPLACED: &str = "kafka_producers_replaced_total";
 }
 
 /// The producer's series. Topics are labels and a producer sends to any topic (the dead-letter topic too),
@@ -40,6 +43,11 @@ impl ProducerMetrics {
     pub(crate) fn register(&self, topic: &str) {
         counter!(names::PRODUCED, "topic" => topic.to_string()).increment(0);
         counter!(names::PRODUCE_ERRORS, "topic" => topic.to_string()).increment(0);
+        counter!(names::PRODUCERS_REPLACED).increment(0);
+    }
+
+    pub(crate) fn replaced(&self) {
+        counter!(names::PRODUCERS_REPLACED).increment(1);
     }
 
     pub(crate) fn delivered(&self, topic: &str, elapsed: Duration) {

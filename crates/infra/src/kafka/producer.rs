@@ -2,10 +2,11 @@
 //! for the broker's delivery report, so `Ok` means the record is stored.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -29,9 +30,15 @@ pub struct Delivered {
 
 /// A Kafka producer. Cheap to clone; clones share one librdkafka producer (thread-safe, batching across
 /// callers).
+///
+/// An idempotent producer can fail for good ("fatal error", e.g. `UnknownProducerId` with records in flight
+/// after a broker lost its state in a restart): librdkafka then fails every later send. The failed producer
+/// is replaced by a new one built from the same settings, shared by every clone, so sending recovers by
+/// itself; the records it had failed stay failed (the caller retries them, as the outbox relay does).
 #[derive(Clone)]
 pub struct KafkaProducer {
-    producer: Arc<FutureProducer>,
+    producer: Arc<RwLock<Arc<FutureProducer>>>,
+    settings: Arc<ClientConfig>,
     delivery_timeout: Duration,
     address: String,
     metrics: ProducerMetrics,
@@ -46,19 +53,24 @@ impl fmt::Debug for KafkaProducer {
 impl KafkaProducer {
     /// Creates the producer; librdkafka connects in the background, so this succeeds with brokers down.
     pub fn connect_lazy(config: &KafkaConfig) -> Result<Self, ProduceError> {
-        let producer = base_client_config(config)
+        let mut settings = base_client_config(config);
+        settings
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("batch.num.messages", config.batch_size.to_string())
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("compression.codec", config.compression)
             .set("delivery.timeout.ms", config.delivery_timeout.as_millis().to_string())
-            .create()
-            .map_err(ProduceError::Config)?;
+            // Topics are created on purpose (KAFKA_CREATE_TOPICS, with the service's partition count) or
+            // provisioned, never as a side effect of a send: a broker that lost its topics would otherwise
+            // re-create them with its own default partition count, or despite KAFKA_CREATE_TOPICS=false.
+            .set("allow.auto.create.topics", "false");
+        let producer = settings.create().map_err(ProduceError::Config)?;
         let metrics = ProducerMetrics;
         metrics.register(&config.topic);
         Ok(KafkaProducer {
-            producer: Arc::new(producer),
+            producer: Arc::new(RwLock::new(Arc::new(producer))),
+            settings: Arc::new(settings),
             delivery_timeout: config.delivery_timeout,
             address: config.bootstrap_servers(),
             metrics,
@@ -90,10 +102,14 @@ impl KafkaProducer {
             record = record.key(key);
         }
         let started = Instant::now();
-        let result = tracing::Instrument::instrument(self.producer.send(record, self.delivery_timeout), span.clone())
+        let producer = self.current();
+        let result = tracing::Instrument::instrument(producer.send(record, self.delivery_timeout), span.clone())
             .await
             .map(|delivery| Delivered { partition: delivery.partition, offset: delivery.offset })
             .map_err(|(err, _)| self.classify(topic, err));
+        if result.is_err() {
+            self.replace_if_fatal(producer);
+        }
         match &result {
             Ok(delivered) => {
                 spans::delivered(&span, delivered.partition, delivered.offset);
@@ -110,11 +126,11 @@ impl KafkaProducer {
 
     /// Waits until every outstanding record is acknowledged, at most `timeout` (shutdown).
     pub async fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
-        let producer = self.producer.clone();
+        let producer = self.current();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => Ok(()),
-            _ => Err(ProduceError::Unflushed { pending: self.producer.in_flight_count(), timeout }),
+            _ => Err(ProduceError::Unflushed { pending: self.in_flight(), timeout }),
         }
     }
 
@@ -125,7 +141,53 @@ impl KafkaProducer {
 
     /// Records sent but not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().in_flight_count()
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        self.producer.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Replaces the producer in use by a new one built from the same settings, shared by every clone: for a
+    /// caller whose sends keep timing out while the cluster answers (an idempotent producer can hang in its
+    /// producer-id handshake with a broker that restarted without its state, without a fatal error). Records
+    /// still queued in the old producer fail.
+    pub fn replace(&self, why: &str) {
+        let current = self.current();
+        if self.swap(&current) {
+            tracing::warn!(target: "infra::kafka", reason = why, "Kafka producer replaced by a new one");
+        }
+    }
+
+    /// Replaces `failed` when librdkafka reports it failed for good, unless a clone already did. A new
+    /// producer gets a new producer id, so its sends are accepted again.
+    fn replace_if_fatal(&self, failed: Arc<FutureProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else { return };
+        if self.swap(&failed) {
+            tracing::warn!(target: "infra::kafka", error = %code, %reason, "Kafka producer failed for good; replaced by a new one");
+        }
+    }
+
+    /// Puts a new producer in place of `old` unless a clone already replaced it; whether it did. Dropping a
+    /// librdkafka producer purges and flushes it (up to 500 ms) and joins its threads: the old one is dropped on
+    /// the blocking pool.
+    fn swap(&self, old: &Arc<FutureProducer>) -> bool {
+        let replaced = {
+            let mut slot = self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !Arc::ptr_eq(&slot, old) {
+                return false;
+            }
+            match self.settings.create::<FutureProducer>() {
+                Ok(fresh) => std::mem::replace(&mut *slot, Arc::new(fresh)),
+                Err(err) => {
+                    tracing::error!(target: "infra::kafka", error = %err, "cannot create a Kafka producer to replace the failed one");
+                    return false;
+                }
+            }
+        };
+        self.metrics.replaced();
+        drop(tokio::task::spawn_blocking(move || drop(replaced)));
+        true
     }
 
     fn classify(&self, topic: &str, err: RdKafkaError) -> ProduceError {
