@@ -36,6 +36,11 @@ pub struct TestApp {
 /// Starts the service on a random loopback port against the local stack, with `overrides` applied on top of
 /// the defaults. Every app gets its own Kafka topic unless the test names one.
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(overrides, |app| app).await
+}
+
+/// Like [`spawn_app`], with `customize` applied to the built application before it runs (an extra projection).
+pub async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(Application) -> Application) -> TestApp {
     let mut env: Vec<(String, String)> = vec![
         ("KAFKA_TOPIC".into(), unique("app-test")),
         ("KAFKA_CONSUMER_GROUP".into(), unique("app-test-group")),
@@ -49,7 +54,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
     let postgres = settings.config.postgres.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = Application::build_with_listener(settings, listener).await.expect("app builds");
+    let app = customize(Application::build_with_listener(settings, listener).await.expect("app builds"));
     let address = format!("http://{}", app.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -106,7 +111,11 @@ pub async fn sign_in_at(address: &str, email: &str, password: &str) -> Result<St
 /// Like [`spawn_app`], with `client` signed in as a fresh admin (Bearer token): for tests about what the API
 /// does rather than who may call it.
 pub async fn spawn_admin_app(overrides: &[(&str, &str)]) -> TestApp {
-    let mut app = spawn_app(overrides).await;
+    as_admin(spawn_app(overrides).await).await
+}
+
+/// `app` with its `client` signed in as a fresh admin (Bearer token).
+pub async fn as_admin(mut app: TestApp) -> TestApp {
     let admin = app.sign_up_admin().await;
     let mut headers = reqwest::header::HeaderMap::new();
     let bearer = format!("Bearer {}", admin.token);

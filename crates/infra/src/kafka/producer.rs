@@ -13,6 +13,7 @@ use tracing::field::Empty;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
+use super::connectivity::Connectivity;
 use super::error::ProduceError;
 use super::metrics::ProducerMetrics;
 use super::record::context_headers;
@@ -26,11 +27,31 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// The producer's librdkafka context: connection errors and log lines go through [`Connectivity`] (one WARN
+/// per outage, not one per reconnect).
+struct ProducerContext {
+    connectivity: Connectivity,
+}
+
+impl rdkafka::ClientContext for ProducerContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.connectivity.stats(&statistics);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connectivity.log(level, facility, message);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.connectivity.error(&error, reason);
+    }
+}
+
 /// A Kafka producer. Cheap to clone; clones share one librdkafka producer (thread-safe, batching across
 /// callers).
 #[derive(Clone)]
 pub struct KafkaProducer {
-    producer: Arc<FutureProducer>,
+    producer: Arc<FutureProducer<ProducerContext>>,
     delivery_timeout: Duration,
     address: String,
     metrics: ProducerMetrics,
@@ -52,7 +73,11 @@ impl KafkaProducer {
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("compression.codec", config.compression)
             .set("delivery.timeout.ms", config.delivery_timeout.as_millis().to_string())
-            .create()
+            // Statistics tell the connectivity tracker when the brokers are reachable again.
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(ProducerContext {
+                connectivity: Connectivity::new(&config.bootstrap_servers(), "producer"),
+            })
             .map_err(ProduceError::Config)?;
         let metrics = ProducerMetrics;
         metrics.register(&config.topic);
