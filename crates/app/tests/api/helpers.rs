@@ -248,6 +248,19 @@ pub struct ServeProcess {
     child: std::process::Child,
     pub address: String,
     _workdir: TempDir,
+    /// Read while it runs, so a process that logs a lot never blocks on a full pipe.
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Option<std::thread::JoinHandle<String>> {
+    let mut pipe = pipe?;
+    Some(std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }))
 }
 
 impl ServeProcess {
@@ -268,12 +281,14 @@ impl ServeProcess {
         ];
         all.extend_from_slice(env);
         let workdir = TempDir::new();
-        let child = binary(&all, &workdir.0)
+        let mut child = binary(&all, &workdir.0)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn rust-app");
-        let process = ServeProcess { child, address: format!("http://127.0.0.1:{port}"), _workdir: workdir };
+        let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+        let address = format!("http://127.0.0.1:{port}");
+        let process = ServeProcess { child, address, _workdir: workdir, stdout, stderr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !reqwest::get(format!("{}/livez", process.address)).await.is_ok_and(|r| r.status() == 200) {
             assert!(Instant::now() < deadline, "rust-app did not start");
@@ -303,13 +318,9 @@ impl ServeProcess {
 
     /// Everything it printed (stdout, then stderr); call after it exited.
     pub fn output(&mut self) -> String {
-        use std::io::Read;
         let mut text = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut text);
-        }
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut text);
+        for reader in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
+            text.push_str(&reader.join().unwrap_or_default());
         }
         text
     }

@@ -19,10 +19,15 @@ fn lines<'a>(output: &'a str, level: &str) -> Vec<&'a str> {
     output.lines().filter(|line| line.contains(&level)).collect()
 }
 
+/// A client whose requests give up after 5 s (a hang guard, not a timing assertion).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client")
+}
+
 /// Requests /health/kafka every 200 ms for `period`: the health check's admin client tries the broker too.
 async fn keep_asking(service: &ServeProcess, period: Duration) {
     let deadline = tokio::time::Instant::now() + period;
-    let client = reqwest::Client::new();
+    let client = client();
     while tokio::time::Instant::now() < deadline {
         let _ = client.get(format!("{}/health/kafka", service.address)).send().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -59,6 +64,7 @@ async fn a_broker_outage_logs_one_warning_and_one_recovery_line_and_counts_the_f
     keep_asking(&service, RECONNECT_WITHIN).await;
     let output = service.stop().await;
 
+    summary("broker outage", &output);
     let warnings = lines(&output, "WARN");
     let errors = lines(&output, "ERROR");
     let recovered: Vec<&str> =
@@ -80,7 +86,7 @@ async fn a_broker_outage_logs_one_warning_and_one_recovery_line_and_counts_the_f
 /// Load during an outage: a user read (cache, then database) and a registration every 50 ms, for `period`.
 async fn keep_using(service: &ServeProcess, user: &str, period: Duration) {
     let deadline = tokio::time::Instant::now() + period;
-    let client = reqwest::Client::new();
+    let client = client();
     while tokio::time::Instant::now() < deadline {
         let _ = client.get(format!("{}/users/{user}", service.address)).send().await;
         let email = format!("{}@example.com", test_support::unique("outage"));

@@ -45,6 +45,12 @@ pub(crate) fn is_connection_error(error: &RdKafkaError) -> bool {
     )
 }
 
+/// Whether `error` says a topic does not exist (yet): a subscribed topic being created, or gone with the broker
+/// that held it.
+fn is_missing_topic(error: &RdKafkaError) -> bool {
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+}
+
 /// The outage of one set of brokers, as every client of it in this process sees it.
 #[derive(Debug)]
 struct Cluster {
@@ -143,6 +149,9 @@ impl Connectivity {
     pub(crate) fn error(&self, error: &RdKafkaError, reason: &str) {
         if is_connection_error(error) {
             self.connection_failed(reason);
+        } else if is_missing_topic(error) {
+            // The consumer waits for the topic and consumes it once created; /health/kafka reports it missing.
+            tracing::warn!(target: "librdkafka", client = self.kind, error = %error, reason, "Kafka topic not available");
         } else {
             tracing::error!(target: "librdkafka", client = self.kind, error = %error, reason, "Kafka client error");
         }
