@@ -204,9 +204,8 @@ impl Application {
         // Pruning the event log is upkeep like the relay's: it stops with it.
         let retention = workers.event_log_retention;
         let stop_pruning = stop_relaying.clone();
-        let mut pruning = supervisor.spawn("event-log-retention", stop_relaying.clone(), move || {
-            retention.clone().run(stop_pruning.clone())
-        });
+        let mut pruning = supervisor
+            .spawn("event-log-retention", stop_relaying.clone(), move || retention.clone().run(stop_pruning.clone()));
         tracing::info!(%address, "listening");
 
         tokio::select! {
@@ -322,9 +321,8 @@ fn spawn_relay(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     let (relay, token) = (Arc::new(relay), stop.clone());
-    supervisor.spawn("outbox-relay", stop, move || {
-        relay_once_topics_exist(relay.clone(), topics.clone(), token.clone())
-    })
+    supervisor
+        .spawn("outbox-relay", stop, move || relay_once_topics_exist(relay.clone(), topics.clone(), token.clone()))
 }
 
 /// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays

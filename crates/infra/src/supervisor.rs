@@ -98,8 +98,9 @@ impl Supervisor {
         let mut tasks = self.lock().clone();
         let now = Instant::now();
         for status in tasks.values_mut() {
-            status.restart_in_ms =
-                status.restart_at.map(|at| at.saturating_duration_since(now).as_millis().try_into().unwrap_or(u64::MAX));
+            status.restart_in_ms = status
+                .restart_at
+                .map(|at| at.saturating_duration_since(now).as_millis().try_into().unwrap_or(u64::MAX));
         }
         tasks
     }

@@ -114,20 +114,29 @@ fn summary(what: &str, output: &str) -> (usize, usize) {
     (warnings.len(), errors.len())
 }
 
+/// Load for a second, `set_up(false)`, load through [`OUTAGE`], `set_up(true)`, load for 5 s more; then the
+/// service's WARN and ERROR line counts.
+async fn outage_under_load(service: ServeProcess, what: &str, mut set_up: impl FnMut(bool)) -> (usize, String) {
+    let user = register(&service).await;
+    keep_using(&service, &user, Duration::from_secs(1)).await;
+    set_up(false);
+    keep_using(&service, &user, OUTAGE).await;
+    set_up(true);
+    keep_using(&service, &user, Duration::from_secs(5)).await;
+    let output = service.stop().await;
+    let (warnings, errors) = summary(what, &output);
+    (warnings + errors, output)
+}
+
 #[tokio::test]
 async fn a_redis_outage_under_load_logs_a_handful_of_lines() {
     let mut redis = RedisServer::start();
     let address = redis.addr();
     let service = ServeProcess::start(&[("REDIS_ADDR", address.as_str())]).await;
-    let user = register(&service).await;
-    keep_using(&service, &user, Duration::from_secs(1)).await;
-    redis.kill();
-    keep_using(&service, &user, OUTAGE).await;
-    redis.restart();
-    keep_using(&service, &user, Duration::from_secs(5)).await;
-    let output = service.stop().await;
-    let (warnings, errors) = summary("Redis outage under load", &output);
-    assert!(warnings + errors <= 6, "a log flood:\n{output}");
+    let (lines, output) =
+        outage_under_load(service, "Redis outage under load", |up| if up { redis.restart() } else { redis.kill() })
+            .await;
+    assert!(lines <= 6, "a log flood:\n{output}");
 }
 
 #[tokio::test]
@@ -135,13 +144,9 @@ async fn a_postgres_outage_under_load_logs_a_handful_of_lines() {
     let postgres = PrivatePostgres::start(&[], None);
     let dsn = postgres.dsn("");
     let service = ServeProcess::start(&[("POSTGRES_DSN", dsn.as_str())]).await;
-    let user = register(&service).await;
-    keep_using(&service, &user, Duration::from_secs(1)).await;
-    postgres.stop();
-    keep_using(&service, &user, OUTAGE).await;
-    postgres.start_again();
-    keep_using(&service, &user, Duration::from_secs(5)).await;
-    let output = service.stop().await;
-    let (warnings, errors) = summary("PostgreSQL outage under load", &output);
-    assert!(warnings + errors <= 6, "a log flood:\n{output}");
+    let (lines, output) = outage_under_load(service, "PostgreSQL outage under load", |up| {
+        if up { postgres.start_again() } else { postgres.stop() }
+    })
+    .await;
+    assert!(lines <= 6, "a log flood:\n{output}");
 }

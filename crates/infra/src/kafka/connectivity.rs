@@ -48,7 +48,10 @@ pub(crate) fn is_connection_error(error: &RdKafkaError) -> bool {
 /// Whether `error` says a topic does not exist (yet): a subscribed topic being created, or gone with the broker
 /// that held it.
 fn is_missing_topic(error: &RdKafkaError) -> bool {
-    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+    )
 }
 
 /// The outage of one set of brokers, as every client of it in this process sees it.

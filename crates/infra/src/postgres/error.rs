@@ -91,9 +91,9 @@ impl PostgresError {
     /// dead-lettering; services answer 503 with Retry-After.
     pub fn is_transient(&self) -> bool {
         match self {
-            PostgresError::Unavailable { .. } | PostgresError::PoolExhausted { .. } | PostgresError::StatementTimeout => {
-                true
-            }
+            PostgresError::Unavailable { .. }
+            | PostgresError::PoolExhausted { .. }
+            | PostgresError::StatementTimeout => true,
             PostgresError::Database { sqlstate, .. } => is_transient_sqlstate(sqlstate),
             PostgresError::RetriesExhausted { last, .. } => last.is_transient(),
             PostgresError::Conversion(_)
@@ -225,15 +225,15 @@ mod tests {
     #[test]
     fn failures_waiting_can_fix_are_transient() {
         let outage_like = [
-            "08006", "08001", "08P01", "53000", "53100", "53200", "53300", "53400", "57P01", "57P02", "57P03",
-            "57014", "25006", "55P03", "55006", "40001", "40P01", "28P01", "58030",
+            "08006", "08001", "08P01", "53000", "53100", "53200", "53300", "53400", "57P01", "57P02", "57P03", "57014",
+            "25006", "55P03", "55006", "40001", "40P01", "28P01", "58030",
         ];
         for state in outage_like {
             assert!(database(state).is_transient(), "{state}");
         }
         let waiting_is_pointless = [
-            "22001", "22P02", "22P05", "22003", "23505", "23503", "23502", "23514", "42P01", "42601", "42703",
-            "0A000", "XX000", "57P04", "25P02", "21000", "P0001",
+            "22001", "22P02", "22P05", "22003", "23505", "23503", "23502", "23514", "42P01", "42601", "42703", "0A000",
+            "XX000", "57P04", "25P02", "21000", "P0001",
         ];
         for state in waiting_is_pointless {
             assert!(!database(state).is_transient(), "{state}");
