@@ -48,7 +48,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
     fn database(sqlstate: &str) -> PostgresError {
         PostgresError::Database { sqlstate: sqlstate.into(), message: "m".into(), constraint: None }
     }
