@@ -9,8 +9,10 @@ use infra::postgres::PostgresError;
 pub struct PortError {
     /// What went wrong.
     pub message: String,
-    /// The dependency behind the port is down (unreachable, breaker open, pool exhausted): worth waiting for,
-    /// not the input's fault.
+    /// The dependency behind the port is down or cannot serve right now (unreachable, breaker open, pool
+    /// exhausted, read-only during a failover, out of resources, a statement timeout or lock timeout): worth
+    /// waiting for, not the input's fault. HTTP answers 503 with Retry-After; the event consumer waits for the
+    /// dependency instead of dead-lettering. `false`: waiting will not help (bad data, a violated constraint).
     pub unavailable: bool,
 }
 
@@ -31,11 +33,12 @@ impl PortError {
     }
 }
 
-/// A PostgreSQL failure: an unreachable database (or an open breaker, an exhausted pool) is "unavailable",
+/// A PostgreSQL failure: one waiting can fix ([`PostgresError::is_transient`]: an unreachable database, an open
+/// breaker, an exhausted pool, a read-only or overloaded server, a statement or lock timeout) is "unavailable",
 /// anything else a failure of the operation.
 impl From<PostgresError> for PortError {
     fn from(err: PostgresError) -> Self {
-        if err.is_unavailable() { PortError::unavailable(err.to_string()) } else { PortError::failed(err.to_string()) }
+        if err.is_transient() { PortError::unavailable(err.to_string()) } else { PortError::failed(err.to_string()) }
     }
 }
 
@@ -45,12 +48,23 @@ mod tests {
 
     use super::*;
 
+    fn database(sqlstate: &str) -> PostgresError {
+        PostgresError::Database { sqlstate: sqlstate.into(), message: "m".into(), constraint: None }
+    }
+
     #[test]
-    fn an_unreachable_database_is_unavailable_and_other_failures_are_not() {
+    fn failures_waiting_can_fix_are_unavailable_and_data_errors_are_not() {
         let down = PostgresError::Unavailable { cause: "connection refused".into(), retry_in: None };
         assert!(PortError::from(down).unavailable);
         assert!(PortError::from(PostgresError::PoolExhausted { waited: Duration::from_secs(5) }).unavailable);
-        assert!(!PortError::from(PostgresError::StatementTimeout).unavailable);
+        assert!(PortError::from(PostgresError::StatementTimeout).unavailable);
+        for outage_like in ["25006", "53100", "55P03", "57P01", "40001"] {
+            assert!(PortError::from(database(outage_like)).unavailable, "{outage_like}");
+        }
+        for data_error in ["22P05", "23505", "42P01"] {
+            assert!(!PortError::from(database(data_error)).unavailable, "{data_error}");
+        }
+        assert!(!PortError::from(PostgresError::Conversion("not a uuid".into())).unavailable);
     }
 
     #[test]

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use infra::health::{Criticality, HealthRegistry};
-use infra::kafka::{KafkaClient, KafkaConsumer, KafkaHealth, KafkaProducer};
+use infra::kafka::{ConsumerState, KafkaClient, KafkaConfig, KafkaConsumer, KafkaHealth, KafkaProducer};
 use infra::postgres::{PostgresClient, PostgresHealth};
 use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
+use infra::supervisor::{Supervisor, TasksHealth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventProjection;
 use crate::events::kafka::{EventLogHandler, KafkaEventPublisher};
 use crate::events::postgres::PostgresEventLog;
 use crate::events::retention::EventLogRetention;
@@ -38,17 +40,21 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The least time the consumer and the producer get at shutdown, even when draining HTTP used up the rest.
 const MIN_STOP_TIME: Duration = Duration::from_secs(1);
 
-/// What the service runs besides the HTTP server, stopped in order on shutdown.
+/// What the service runs besides the HTTP server, stopped in order on shutdown. The background tasks run under
+/// `supervisor`: restarted when they end or panic before shutdown.
 struct Workers {
     postgres: PostgresClient,
     producer: KafkaProducer,
+    /// The first consumer; a restart builds a new one from `kafka`, reporting to the same state.
     consumer: KafkaConsumer,
+    kafka: KafkaConfig,
     handler: EventLogHandler,
     metrics: PrometheusHandle,
     relay: OutboxRelay,
-    /// Ends once the event topics were created (or creating them failed): the relay waits for it.
-    topics: JoinHandle<()>,
+    /// Cancelled once the event topics were created (or creating them failed): the relay waits for it.
+    topics: CancellationToken,
     event_log_retention: EventLogRetention,
+    supervisor: Supervisor,
 }
 
 /// A built, not yet running, service: the listener is bound, the clients exist (connected lazily).
@@ -110,6 +116,7 @@ impl Application {
             consumer: consumer.state(),
             backlog: relay.backlog(),
         };
+        let supervisor = Supervisor::new();
         let mut health = HealthRegistry::new(config.health.clone());
         health
             .register(Arc::new(PostgresHealth::new(postgres.clone())), Criticality::Required)
@@ -124,7 +131,8 @@ impl Application {
                     config.health.check_timeout,
                 )),
                 Criticality::Optional,
-            );
+            )
+            .register(Arc::new(TasksHealth::new(supervisor.clone())), Criticality::Optional);
         let when_unavailable = WhenUnavailable::from_config(&config.redis);
         let state = AppState::new(Services {
             health: Arc::new(health),
@@ -167,13 +175,22 @@ impl Application {
                 postgres,
                 producer,
                 consumer,
+                kafka: config.kafka.clone(),
                 handler,
                 metrics,
                 relay,
                 topics,
+                supervisor,
             },
             shutdown_timeout: config.server.shutdown_timeout,
         })
+    }
+
+    /// Also hands every consumed event to `projection`, after the service's own projections: a read model of a
+    /// domain built on the service, or a test's probe.
+    pub fn with_projection(mut self, projection: Arc<dyn EventProjection>) -> Self {
+        self.workers.handler = self.workers.handler.with_projection(projection);
+        self
     }
 
     /// The address the server listens on.
@@ -193,17 +210,30 @@ impl Application {
             let _ = stop_rx.wait_for(|stopping| *stopping).await;
         };
         let mut server = tokio::spawn(crate::serve::serve(listener, router, server_limits, graceful));
-        let upkeep = spawn_metrics_upkeep(workers.metrics.clone());
+        let supervisor = workers.supervisor.clone();
+        let stop_upkeep = CancellationToken::new();
+        let upkeep = spawn_metrics_upkeep(&supervisor, workers.metrics.clone(), stop_upkeep.clone());
         let stop_consuming = CancellationToken::new();
-        let mut consumer = spawn_consumer(workers.consumer, workers.handler, stop_consuming.clone(), shutdown_timeout);
+        let consuming = Consuming {
+            state: workers.consumer.state(),
+            first: Some(workers.consumer),
+            kafka: workers.kafka,
+            dead_letters: workers.producer.clone(),
+            handler: Arc::new(workers.handler),
+        };
+        let mut consumer = spawn_consumer(&supervisor, consuming, stop_consuming.clone(), shutdown_timeout);
         let stop_relaying = CancellationToken::new();
-        let mut relay = tokio::spawn(relay_once_topics_exist(workers.relay, workers.topics, stop_relaying.clone()));
+        let mut relay = spawn_relay(&supervisor, workers.relay, workers.topics, stop_relaying.clone());
         // Pruning the event log is upkeep like the relay's: it stops with it.
-        let mut pruning = tokio::spawn(workers.event_log_retention.run(stop_relaying.clone()));
+        let retention = workers.event_log_retention;
+        let stop_pruning = stop_relaying.clone();
+        let mut pruning = supervisor
+            .spawn("event-log-retention", stop_relaying.clone(), move || retention.clone().run(stop_pruning.clone()));
         tracing::info!(%address, "listening");
 
         tokio::select! {
             ended = &mut server => {
+                stop_upkeep.cancel();
                 upkeep.abort();
                 stop_relaying.cancel();
                 ended.context("HTTP server task failed")?.context("HTTP server failed")?;
@@ -238,6 +268,7 @@ impl Application {
         if let Err(err) = workers.producer.flush(remaining(deadline)).await {
             tracing::warn!(error = %err, "records still unacknowledged at shutdown");
         }
+        stop_upkeep.cancel();
         upkeep.abort();
         if tokio::time::timeout(remaining(deadline), workers.postgres.close()).await.is_err() {
             tracing::warn!("PostgreSQL pool did not close within SHUTDOWN_TIMEOUT; leaving it");
@@ -264,24 +295,70 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(MIN_STOP_TIME)
 }
 
-/// Consumes the event topic until `stop` is cancelled; closing the consumer is bounded by `close_timeout`.
+/// What the consumer task needs to start, and to start again after it ended or panicked: the first consumer
+/// (built with the service), then new ones reporting to the same state.
+struct Consuming {
+    first: Option<KafkaConsumer>,
+    state: ConsumerState,
+    kafka: KafkaConfig,
+    dead_letters: KafkaProducer,
+    handler: Arc<EventLogHandler>,
+}
+
+impl Consuming {
+    /// The first consumer, else a new one. A consumer that cannot be built ends the task (restarted later).
+    fn consumer(&mut self) -> Option<KafkaConsumer> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        KafkaConsumer::connect_lazy_reporting_to(&self.kafka, self.dead_letters.clone(), self.state.clone())
+            .inspect_err(|err| tracing::error!(error = %err, "cannot create the Kafka consumer again"))
+            .ok()
+    }
+}
+
+/// Consumes the event topic until `stop` is cancelled, under supervision; closing the consumer is bounded by
+/// `close_timeout`.
 fn spawn_consumer(
-    consumer: KafkaConsumer,
-    handler: EventLogHandler,
+    supervisor: &Supervisor,
+    mut consuming: Consuming,
     stop: CancellationToken,
     close_timeout: Duration,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move { consumer.consume(&handler, stop, close_timeout).await })
+    let token = stop.clone();
+    supervisor.spawn("event-consumer", stop, move || {
+        let (consumer, handler, stop) = (consuming.consumer(), consuming.handler.clone(), token.clone());
+        async move {
+            if let Some(consumer) = consumer {
+                consumer.consume(handler.as_ref(), stop, close_timeout).await;
+            }
+        }
+    })
+}
+
+/// The outbox relay, under supervision.
+fn spawn_relay(
+    supervisor: &Supervisor,
+    relay: OutboxRelay,
+    topics: CancellationToken,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let (relay, token) = (Arc::new(relay), stop.clone());
+    supervisor
+        .spawn("outbox-relay", stop, move || relay_once_topics_exist(relay.clone(), topics.clone(), token.clone()))
 }
 
 /// Folds recorded histogram samples into their buckets even when nobody scrapes `/metrics`, so memory stays
 /// bounded between scrapes.
-fn spawn_metrics_upkeep(metrics: PrometheusHandle) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
-        loop {
-            every.tick().await;
-            metrics.run_upkeep();
+fn spawn_metrics_upkeep(supervisor: &Supervisor, metrics: PrometheusHandle, stop: CancellationToken) -> JoinHandle<()> {
+    let token = stop.clone();
+    supervisor.spawn("metrics-upkeep", stop, move || {
+        let (metrics, stop) = (metrics.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+            while tokio::select! { () = stop.cancelled() => false, _ = every.tick() => true } {
+                metrics.run_upkeep();
+            }
         }
     })
 }
@@ -293,14 +370,21 @@ const TOPICS_WAIT: Duration = Duration::from_secs(5);
 /// Runs the relay once the event topics exist (or after [`TOPICS_WAIT`]). Its first record would otherwise make a
 /// broker that creates topics on first use do so with its own partition count (tansu: 4, Kafka:
 /// `num.partitions`) before the service asked for its own — as soon as an instance starts with events pending.
-async fn relay_once_topics_exist(relay: OutboxRelay, topics: JoinHandle<()>, stop: CancellationToken) {
+async fn relay_once_topics_exist(relay: Arc<OutboxRelay>, topics: CancellationToken, stop: CancellationToken) {
     tokio::select! {
-        _ = tokio::time::timeout(TOPICS_WAIT, topics) => relay.run(stop).await,
+        _ = tokio::time::timeout(TOPICS_WAIT, topics.cancelled()) => relay.run(stop).await,
         () = stop.cancelled() => {}
     }
 }
 
-/// Creates the event topic and its dead-letter topic when missing and KAFKA_CREATE_TOPICS is on.
-fn spawn_ensure_topics(topics: Arc<EventTopics>) -> JoinHandle<()> {
-    tokio::spawn(async move { topics.create_at_start().await })
+/// Creates the event topic and its dead-letter topic when missing and KAFKA_CREATE_TOPICS is on. The returned
+/// token is cancelled once that is done (or failed).
+fn spawn_ensure_topics(topics: Arc<EventTopics>) -> CancellationToken {
+    let done = CancellationToken::new();
+    let ensured = done.clone().drop_guard();
+    tokio::spawn(async move {
+        let _ensured = ensured;
+        topics.create_at_start().await;
+    });
+    done
 }

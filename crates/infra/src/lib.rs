@@ -12,4 +12,5 @@ pub mod postgres;
 pub mod redis;
 pub mod resilience;
 pub mod settings;
+pub mod supervisor;
 pub mod telemetry;

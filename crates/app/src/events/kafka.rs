@@ -43,8 +43,10 @@ impl EventPublisher for KafkaEventPublisher {
 /// Records every consumed event in the event log, then hands it to each projection (in the order they were
 /// added), so the service's single consumer keeps the log and every read model. A record that is not an event,
 /// or an event a projection follows that does not parse, can never succeed: it goes to the dead-letter topic
-/// at once. An unavailable database is waited for (the record is retried until it is back); other database
-/// errors are retried up to KAFKA_MAX_RETRIES. A retry repeats every step: the log and the projections are
+/// at once. A store failure waiting can fix (PortError `unavailable`: the database down, read-only during a
+/// failover, out of resources, a statement or lock timeout; Redis down) is waited for: the record is retried
+/// until the store answers, without spending its retries. Other store failures (bad data, a violated
+/// constraint) are retried up to KAFKA_MAX_RETRIES, then dead-lettered. A retry repeats every step: the log and the projections are
 /// idempotent, so what already succeeded changes nothing the second time.
 pub struct EventLogHandler {
     log: Arc<dyn EventLog>,
@@ -111,8 +113,8 @@ async fn apply(projection: &dyn EventProjection, event: &Event) -> Result<(), Ha
     Ok(())
 }
 
-/// A store failure as a handler failure: the database down is waited for rather than dead-lettering every
-/// event of the outage; anything else is retried a few times.
+/// A store failure as a handler failure: one waiting can fix is waited for rather than dead-lettering every
+/// event of an outage or a failover; anything else is retried a few times.
 fn port_failure(err: PortError) -> HandlerError {
     if err.unavailable { HandlerError::unavailable(err) } else { HandlerError::transient(err) }
 }

@@ -193,7 +193,7 @@ impl OutboxRelay {
 
     /// Publishes, measures and prunes until `stop` is cancelled. Never fails: outages are logged (once each)
     /// and waited out. Returns within [`STOP_GRACE`] of the cancellation, plus one statement at most.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(&self, stop: CancellationToken) {
         tracing::info!(topic = %self.topic, batch = self.settings.batch_size, poll = ?self.settings.poll_interval, "outbox relay started");
         tokio::join!(self.publish_loop(&stop), self.upkeep_loop(&stop));
         tracing::info!("outbox relay stopped");

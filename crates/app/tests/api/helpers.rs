@@ -36,6 +36,11 @@ pub struct TestApp {
 /// Starts the service on a random loopback port against the local stack, with `overrides` applied on top of
 /// the defaults. Every app gets its own Kafka topic unless the test names one.
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(overrides, |app| app).await
+}
+
+/// Like [`spawn_app`], with `customize` applied to the built application before it runs (an extra projection).
+pub async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(Application) -> Application) -> TestApp {
     let mut env: Vec<(String, String)> = vec![
         ("KAFKA_TOPIC".into(), unique("app-test")),
         ("KAFKA_CONSUMER_GROUP".into(), unique("app-test-group")),
@@ -49,7 +54,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("test configuration is valid");
     let postgres = settings.config.postgres.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = Application::build_with_listener(settings, listener).await.expect("app builds");
+    let app = customize(Application::build_with_listener(settings, listener).await.expect("app builds"));
     let address = format!("http://{}", app.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -106,7 +111,11 @@ pub async fn sign_in_at(address: &str, email: &str, password: &str) -> Result<St
 /// Like [`spawn_app`], with `client` signed in as a fresh admin (Bearer token): for tests about what the API
 /// does rather than who may call it.
 pub async fn spawn_admin_app(overrides: &[(&str, &str)]) -> TestApp {
-    let mut app = spawn_app(overrides).await;
+    as_admin(spawn_app(overrides).await).await
+}
+
+/// `app` with its `client` signed in as a fresh admin (Bearer token).
+pub async fn as_admin(mut app: TestApp) -> TestApp {
     let admin = app.sign_up_admin().await;
     let mut headers = reqwest::header::HeaderMap::new();
     let bearer = format!("Bearer {}", admin.token);
@@ -239,6 +248,19 @@ pub struct ServeProcess {
     child: std::process::Child,
     pub address: String,
     _workdir: TempDir,
+    /// Read while it runs, so a process that logs a lot never blocks on a full pipe.
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Option<std::thread::JoinHandle<String>> {
+    let mut pipe = pipe?;
+    Some(std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }))
 }
 
 impl ServeProcess {
@@ -259,12 +281,14 @@ impl ServeProcess {
         ];
         all.extend_from_slice(env);
         let workdir = TempDir::new();
-        let child = binary(&all, &workdir.0)
+        let mut child = binary(&all, &workdir.0)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn rust-app");
-        let process = ServeProcess { child, address: format!("http://127.0.0.1:{port}"), _workdir: workdir };
+        let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+        let address = format!("http://127.0.0.1:{port}");
+        let process = ServeProcess { child, address, _workdir: workdir, stdout, stderr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !reqwest::get(format!("{}/livez", process.address)).await.is_ok_and(|r| r.status() == 200) {
             assert!(Instant::now() < deadline, "rust-app did not start");
@@ -294,13 +318,9 @@ impl ServeProcess {
 
     /// Everything it printed (stdout, then stderr); call after it exited.
     pub fn output(&mut self) -> String {
-        use std::io::Read;
         let mut text = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut text);
-        }
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut text);
+        for reader in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
+            text.push_str(&reader.join().unwrap_or_default());
         }
         text
     }

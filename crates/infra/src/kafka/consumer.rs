@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
+use super::connectivity::{Connectivity, is_connection_error};
 use super::dlq::dead_letter_headers;
 use super::error::{ConsumeError, FailureKind, HandlerError};
 use super::metrics::ConsumerMetrics;
@@ -40,6 +41,9 @@ const METADATA_REFRESH: Duration = Duration::from_secs(10);
 
 /// The longest delay between two handler attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// The longest delay between two attempts while waiting for an unavailable dependency: once it is back, the
+/// consumer resumes within this time.
+const MAX_WAIT_DELAY: Duration = Duration::from_secs(5);
 
 /// The application's work on one record.
 #[async_trait]
@@ -48,14 +52,25 @@ pub trait Handler: Send + Sync {
     async fn handle(&self, record: &Record) -> Result<(), HandlerError>;
 }
 
-/// Feeds librdkafka's statistics and rebalances into the shared [`ConsumerState`].
+/// Feeds librdkafka's statistics and rebalances into the shared [`ConsumerState`]; its connection errors and
+/// log lines go through [`Connectivity`] (one WARN per outage, not one per reconnect).
 struct StateContext {
     state: ConsumerState,
+    connectivity: Connectivity,
 }
 
 impl ClientContext for StateContext {
     fn stats(&self, statistics: Statistics) {
+        self.connectivity.stats(&statistics);
         self.state.update_from(&statistics);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connectivity.log(level, facility, message);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.connectivity.error(&error, reason);
     }
 }
 
@@ -106,7 +121,18 @@ impl KafkaConsumer {
     /// Subscribes to KAFKA_TOPIC; dead letters go through `dead_letters` to KAFKA_DLQ_TOPIC. librdkafka joins the
     /// group in the background, so this succeeds with brokers down.
     pub fn connect_lazy(config: &KafkaConfig, dead_letters: KafkaProducer) -> Result<Self, ConsumeError> {
-        let state = ConsumerState::new(&config.topic);
+        Self::connect_lazy_reporting_to(config, dead_letters, ConsumerState::new(&config.topic))
+    }
+
+    /// Like [`KafkaConsumer::connect_lazy`], for a consumer replacing an earlier one (restarted after it
+    /// ended or panicked): it reports to the earlier one's `state`, reset, so health checks holding that
+    /// state follow the new consumer.
+    pub fn connect_lazy_reporting_to(
+        config: &KafkaConfig,
+        dead_letters: KafkaProducer,
+        state: ConsumerState,
+    ) -> Result<Self, ConsumeError> {
+        state.reset();
         let consumer: StreamConsumer<StateContext> = base_client_config(config)
             .set("group.id", &config.consumer_group)
             .set("enable.auto.commit", "true")
@@ -120,7 +146,10 @@ impl KafkaConsumer {
             // A subscribed topic that does not exist yet (created a moment after the consumer subscribed) is only
             // seen at the next metadata refresh: every 5 minutes by default, 10 s here.
             .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH.as_millis().to_string())
-            .create_with_context(StateContext { state: state.clone() })
+            .create_with_context(StateContext {
+                state: state.clone(),
+                connectivity: Connectivity::new(&config.bootstrap_servers(), "consumer"),
+            })
             .map_err(ConsumeError::Start)?;
         consumer.subscribe(&[&config.topic]).map_err(ConsumeError::Start)?;
         let backoff = ExponentialBuilder::default()
@@ -170,7 +199,7 @@ impl KafkaConsumer {
                     match message {
                         Ok(message) => Record::from_message(&message),
                         Err(err) => {
-                            tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
+                            self.consumer_error(&err);
                             continue;
                         }
                     }
@@ -218,7 +247,7 @@ impl KafkaConsumer {
                         paused.add_partition(&record.topic, record.partition);
                         polled.push(record);
                     }
-                    Err(err) => tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error"),
+                    Err(err) => self.consumer_error(&err),
                 },
             }
         };
@@ -227,6 +256,16 @@ impl KafkaConsumer {
             tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "cannot resume every paused partition");
         }
         (outcome, polled)
+    }
+
+    /// An error polling returned. Connection errors were already counted by the client's context (they come
+    /// through its error callback too): logged here at DEBUG only.
+    fn consumer_error(&self, err: &RdKafkaError) {
+        if is_connection_error(err) {
+            tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
+        } else {
+            tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
+        }
     }
 
     fn pause(&self, partitions: &TopicPartitionList) {
@@ -274,26 +313,36 @@ impl KafkaConsumer {
         outcome
     }
 
+    /// Calls the handler until it succeeds, fails permanently, or runs out of retries. A dependency reported
+    /// unavailable is waited for ([`Wait`]): those attempts spend none of the record's KAFKA_MAX_RETRIES.
     async fn attempts(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Attempts {
         let mut delays = self.backoff.build();
-        let mut outage_delays = None;
+        let mut wait: Option<Wait> = None;
         let mut attempts = 0;
-        loop {
+        let outcome = loop {
             attempts += 1;
             let error = match handler.handle(record).await {
-                Ok(()) => return Attempts::Handled(attempts),
+                Ok(()) => break Attempts::Handled(attempts),
                 Err(error) => error,
             };
             self.metrics.handler_failed();
-            let delay = match error.kind {
-                FailureKind::Permanent => None,
-                FailureKind::Transient => delays.next(),
-                FailureKind::Unavailable => {
-                    let outage = outage_delays.get_or_insert_with(|| self.backoff.without_max_times().build());
-                    Some(outage.next().unwrap_or(MAX_RETRY_DELAY))
+            if error.kind == FailureKind::Unavailable {
+                let wait = wait.get_or_insert_with(|| Wait::begin(self, record, &error));
+                let delay = wait.next_delay();
+                tracing::debug!(target: "infra::kafka", attempt = attempts, error = %error, ?delay, "Kafka handler still waiting for a dependency");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Attempts::Interrupted,
+                    () = tokio::time::sleep(delay) => continue,
                 }
+            }
+            if let Some(wait) = wait.take() {
+                wait.end(self, record, "the dependency answered with another failure");
+            }
+            let delay = match error.kind {
+                FailureKind::Transient => delays.next(),
+                FailureKind::Permanent | FailureKind::Unavailable => None,
             };
-            let Some(delay) = delay else { return Attempts::Failed { attempts, error } };
+            let Some(delay) = delay else { break Attempts::Failed { attempts, error } };
             tracing::warn!(
                 target: "infra::kafka",
                 topic = %record.topic, partition = record.partition, offset = record.offset,
@@ -301,10 +350,15 @@ impl KafkaConsumer {
                 "Kafka handler failed; retrying"
             );
             tokio::select! {
-                () = shutdown.cancelled() => return Attempts::Interrupted,
+                () = shutdown.cancelled() => break Attempts::Interrupted,
                 () = tokio::time::sleep(delay) => {}
             }
+        };
+        if let Some(wait) = wait {
+            let how = if matches!(outcome, Attempts::Interrupted) { "shutdown" } else { "the dependency is back" };
+            wait.end(self, record, how);
         }
+        outcome
     }
 
     /// Publishes `record` to the dead-letter topic, unchanged plus headers saying where it came from and why.
@@ -374,6 +428,44 @@ impl KafkaConsumer {
             }
         }
         self.state.left();
+    }
+}
+
+/// The consumer waiting for a dependency a handler reported unavailable: one WARN when it starts, one INFO when
+/// it ends, the `kafka_consumer_waiting` gauge and the consumer state's `waiting` in between; each attempt is
+/// logged at DEBUG only (a long outage would otherwise log a line per attempt).
+struct Wait {
+    since: Instant,
+    delays: backon::ExponentialBackoff,
+    attempts: u32,
+}
+
+impl Wait {
+    fn begin(consumer: &KafkaConsumer, record: &Record, error: &HandlerError) -> Self {
+        tracing::warn!(
+            target: "infra::kafka",
+            topic = %record.topic, partition = record.partition, offset = record.offset, error = %error,
+            max_delay = ?MAX_WAIT_DELAY,
+            "Kafka consumer waiting for an unavailable dependency; the record is retried until it answers, not dead-lettered"
+        );
+        consumer.state.waiting(true);
+        let delays = consumer.backoff.with_max_delay(MAX_WAIT_DELAY).without_max_times().build();
+        Wait { since: Instant::now(), delays, attempts: 0 }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.attempts += 1;
+        self.delays.next().unwrap_or(MAX_WAIT_DELAY)
+    }
+
+    fn end(self, consumer: &KafkaConsumer, record: &Record, how: &str) {
+        consumer.state.waiting(false);
+        tracing::info!(
+            target: "infra::kafka",
+            topic = %record.topic, partition = record.partition, offset = record.offset,
+            waited = ?self.since.elapsed(), failed_attempts = self.attempts,
+            "Kafka consumer stopped waiting: {how}"
+        );
     }
 }
 

@@ -30,6 +30,11 @@ pub mod names {
     /// Counter: producers that failed for good (librdkafka's fatal error, e.g. the idempotent producer's
     /// `UnknownProducerId` after a broker lost its state) and were replaced by a new one.
     pub const PRODUCERS_REPLACED: &str = "kafka_producers_replaced_total";
+    /// Counter: connection failures librdkafka reported (a broker unreachable, all brokers down, a request
+    /// timed out), by `client` (`producer`, `consumer`); logged once per outage, not each time.
+    pub const CONNECTION_ERRORS: &str = "kafka_connection_errors_total";
+    /// Gauge: 1 while the consumer waits for a dependency its handler reported unavailable, else 0, by `topic`.
+    pub const CONSUMER_WAITING: &str = "kafka_consumer_waiting";
 }
 
 /// The producer's series. Topics are labels and a producer sends to any topic (the dead-letter topic too),
@@ -88,6 +93,7 @@ impl ConsumerMetrics {
             counter.increment(0);
         }
         gauge!(names::ASSIGNED_PARTITIONS).set(0.0);
+        gauge!(names::CONSUMER_WAITING, "topic" => topic.to_string()).set(0.0);
         metrics
     }
 
@@ -119,6 +125,10 @@ pub(crate) struct StateMetrics {
 impl StateMetrics {
     pub(crate) fn assigned(&self, partitions: usize) {
         gauge!(names::ASSIGNED_PARTITIONS).set(partitions as f64);
+    }
+
+    pub(crate) fn waiting(&self, topic: &str, waiting: bool) {
+        gauge!(names::CONSUMER_WAITING, "topic" => topic.to_string()).set(if waiting { 1.0 } else { 0.0 });
     }
 
     pub(crate) fn lag(&mut self, topic: &str, partition: i32, lag: i64) {

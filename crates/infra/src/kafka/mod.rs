@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod connectivity;
 mod consumer;
 pub mod dlq;
 mod error;

@@ -14,6 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
+use super::connectivity::Connectivity;
 use super::error::ProduceError;
 use super::metrics::ProducerMetrics;
 use super::record::context_headers;
@@ -28,6 +29,26 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// The producer's librdkafka context: connection errors and log lines go through [`Connectivity`] (one WARN
+/// per outage, not one per reconnect).
+struct ProducerContext {
+    connectivity: Connectivity,
+}
+
+impl rdkafka::ClientContext for ProducerContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.connectivity.stats(&statistics);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connectivity.log(level, facility, message);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.connectivity.error(&error, reason);
+    }
+}
+
 /// A Kafka producer. Cheap to clone; clones share one librdkafka producer (thread-safe, batching across
 /// callers).
 ///
@@ -37,7 +58,7 @@ pub struct Delivered {
 /// itself; the records it had failed stay failed (the caller retries them, as the outbox relay does).
 #[derive(Clone)]
 pub struct KafkaProducer {
-    producer: Arc<RwLock<Arc<FutureProducer>>>,
+    producer: Arc<RwLock<Arc<FutureProducer<ProducerContext>>>>,
     settings: Arc<ClientConfig>,
     delivery_timeout: Duration,
     address: String,
@@ -64,8 +85,10 @@ impl KafkaProducer {
             // Topics are created on purpose (KAFKA_CREATE_TOPICS, with the service's partition count) or
             // provisioned, never as a side effect of a send: a broker that lost its topics would otherwise
             // re-create them with its own default partition count, or despite KAFKA_CREATE_TOPICS=false.
-            .set("allow.auto.create.topics", "false");
-        let producer = settings.create().map_err(ProduceError::Config)?;
+            .set("allow.auto.create.topics", "false")
+            // Statistics tell the connectivity tracker when the brokers are reachable again.
+            .set("statistics.interval.ms", "1000");
+        let producer = create(&settings, &config.bootstrap_servers()).map_err(ProduceError::Config)?;
         let metrics = ProducerMetrics;
         metrics.register(&config.topic);
         Ok(KafkaProducer {
@@ -106,10 +129,10 @@ impl KafkaProducer {
         let result = tracing::Instrument::instrument(producer.send(record, self.delivery_timeout), span.clone())
             .await
             .map(|delivery| Delivered { partition: delivery.partition, offset: delivery.offset })
-            .map_err(|(err, _)| self.classify(topic, err));
-        if result.is_err() {
-            self.replace_if_fatal(producer);
-        }
+            .map_err(|(err, _)| {
+                self.replace_if_failed_for_good(&producer, &err);
+                self.classify(topic, err)
+            });
         match &result {
             Ok(delivered) => {
                 spans::delivered(&span, delivered.partition, delivered.offset);
@@ -144,7 +167,7 @@ impl KafkaProducer {
         self.current().in_flight_count()
     }
 
-    fn current(&self) -> Arc<FutureProducer> {
+    fn current(&self) -> Arc<FutureProducer<ProducerContext>> {
         self.producer.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
@@ -159,25 +182,31 @@ impl KafkaProducer {
         }
     }
 
-    /// Replaces `failed` when librdkafka reports it failed for good, unless a clone already did. A new
-    /// producer gets a new producer id, so its sends are accepted again.
-    fn replace_if_fatal(&self, failed: Arc<FutureProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else { return };
-        if self.swap(&failed) {
-            tracing::warn!(target: "infra::kafka", error = %code, %reason, "Kafka producer failed for good; replaced by a new one");
+    /// Replaces `failed` when librdkafka reports it failed for good (its fatal error), or when the broker no
+    /// longer knows its producer id (a broker restarted without its state: librdkafka may go on sending with the
+    /// forgotten id, each send refused with `UnknownProducerId`, without raising a fatal error — seen in the fault
+    /// matrix), unless a clone already replaced it. A new producer gets a new producer id, so its sends are
+    /// accepted again.
+    fn replace_if_failed_for_good(&self, failed: &Arc<FutureProducer<ProducerContext>>, err: &RdKafkaError) {
+        if let Some((code, reason)) = failed.client().fatal_error() {
+            if self.swap(failed) {
+                tracing::warn!(target: "infra::kafka", error = %code, %reason, "Kafka producer failed for good; replaced by a new one");
+            }
+        } else if lost_producer_state(err) && self.swap(failed) {
+            tracing::warn!(target: "infra::kafka", error = %err, "the brokers forgot the Kafka producer's id; replaced by a new one");
         }
     }
 
     /// Puts a new producer in place of `old` unless a clone already replaced it; whether it did. Dropping a
     /// librdkafka producer purges and flushes it (up to 500 ms) and joins its threads: the old one is dropped on
     /// the blocking pool.
-    fn swap(&self, old: &Arc<FutureProducer>) -> bool {
+    fn swap(&self, old: &Arc<FutureProducer<ProducerContext>>) -> bool {
         let replaced = {
             let mut slot = self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if !Arc::ptr_eq(&slot, old) {
                 return false;
             }
-            match self.settings.create::<FutureProducer>() {
+            match create(&self.settings, &self.address) {
                 Ok(fresh) => std::mem::replace(&mut *slot, Arc::new(fresh)),
                 Err(err) => {
                     tracing::error!(target: "infra::kafka", error = %err, "cannot create a Kafka producer to replace the failed one");
@@ -197,5 +226,38 @@ impl KafkaProducer {
             }
             _ => ProduceError::Rejected { topic: topic.to_string(), cause: err },
         }
+    }
+}
+
+/// Whether `err` says the brokers no longer know this producer's idempotence state (id, epoch, sequence).
+fn lost_producer_state(err: &RdKafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )
+    )
+}
+
+/// A librdkafka producer from `settings`, its connection errors and log lines going through a [`Connectivity`]
+/// tracker of the brokers at `address` (a replacement producer gets its own).
+fn create(settings: &ClientConfig, address: &str) -> Result<FutureProducer<ProducerContext>, RdKafkaError> {
+    settings.create_with_context(ProducerContext { connectivity: Connectivity::new(address, "producer") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_producer_id_is_lost_state_and_a_timeout_is_not() {
+        let refused = |code| RdKafkaError::MessageProduction(code);
+        assert!(lost_producer_state(&refused(RDKafkaErrorCode::UnknownProducerId)));
+        assert!(lost_producer_state(&refused(RDKafkaErrorCode::OutOfOrderSequenceNumber)));
+        assert!(!lost_producer_state(&refused(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(!lost_producer_state(&refused(RDKafkaErrorCode::MessageSizeTooLarge)));
     }
 }

@@ -28,6 +28,9 @@ pub struct ConsumerSnapshot {
     pub total_lag: i64,
     /// The consumer has left the group (shutdown).
     pub closed: bool,
+    /// The handler reported a dependency unavailable (the database down, read-only, timing out): the record in
+    /// hand is retried until it answers, consumption is paused meanwhile and the lag grows.
+    pub waiting_for_dependency: bool,
 }
 
 #[derive(Default)]
@@ -47,6 +50,16 @@ impl ConsumerState {
         let state = ConsumerState::default();
         state.lock().snapshot.topic = topic.to_string();
         state
+    }
+
+    /// Back to the state of a consumer that has not joined yet (same topic), for a consumer replacing the one
+    /// that reported here. Lag gauges of the old assignment drop to zero.
+    pub(crate) fn reset(&self) {
+        self.assigned(Vec::new());
+        let mut inner = self.lock();
+        let topic = std::mem::take(&mut inner.snapshot.topic);
+        inner.metrics.waiting(&topic, false);
+        inner.snapshot = ConsumerSnapshot { topic, ..ConsumerSnapshot::default() };
     }
 
     /// The current view.
@@ -105,6 +118,14 @@ impl ConsumerState {
         let Inner { snapshot, metrics, .. } = &mut *inner;
         metrics.lag(&snapshot.topic, partition, lag);
         inner.total();
+    }
+
+    /// The consumer started (`true`) or stopped waiting for an unavailable dependency.
+    pub(crate) fn waiting(&self, waiting: bool) {
+        let mut inner = self.lock();
+        inner.snapshot.waiting_for_dependency = waiting;
+        let Inner { snapshot, metrics, .. } = &*inner;
+        metrics.waiting(&snapshot.topic, waiting);
     }
 
     /// The consumer left the group.

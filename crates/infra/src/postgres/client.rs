@@ -20,7 +20,7 @@ use super::query::{self, QueryMeta};
 use super::statement::{Row, Statement};
 use super::transaction::Transaction;
 use crate::health::PoolStats;
-use crate::resilience::{CircuitBreaker, CircuitOpen};
+use crate::resilience::{CircuitBreaker, CircuitOpen, OutageLog};
 
 struct Inner {
     pool: PgPool,
@@ -32,6 +32,8 @@ struct Inner {
     connect_timeout: Duration,
     breaker: CircuitBreaker,
     last_cause: Mutex<String>,
+    /// One WARN when the server becomes unreachable, one INFO when it is back (failures counted meanwhile).
+    outage: OutageLog,
     meta: QueryMeta,
     metrics: PoolMetrics,
 }
@@ -74,6 +76,7 @@ impl PostgresClient {
             connect_timeout: config.connect_timeout,
             breaker: CircuitBreaker::new("postgres", config.breaker.clone()),
             last_cause: Mutex::new(String::new()),
+            outage: OutageLog::new("PostgreSQL"),
             meta,
             metrics: PoolMetrics::new(config.max_open_conns),
         };
@@ -298,6 +301,7 @@ impl PostgresClient {
         let outcome = match result {
             Ok(value) => {
                 permit.success();
+                inner.outage.succeeded(&inner.meta.address);
                 inner.metrics.pool_state(inner.pool.size(), inner.pool.num_idle());
                 return Ok(value);
             }
@@ -330,7 +334,8 @@ impl PostgresClient {
         if let Ok(mut last) = self.inner.last_cause.lock() {
             last.clone_from(&cause);
         }
-        tracing::warn!(target_db = %self.inner.meta.address, cause = %cause, "PostgreSQL unavailable");
+        // Counted in postgres_errors_total{class="unavailable"}; logged once per outage.
+        self.inner.outage.failed(&self.inner.meta.address, &cause);
         PostgresError::Unavailable { cause, retry_in: None }
     }
 

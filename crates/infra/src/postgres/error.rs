@@ -81,6 +81,29 @@ impl PostgresError {
         matches!(self, PostgresError::Unavailable { .. } | PostgresError::PoolExhausted { .. })
     }
 
+    /// Whether waiting can fix the failure: the same statement may succeed later, unchanged. True for outages
+    /// and for a server that cannot serve right now — unreachable or refusing (an open breaker, connection
+    /// errors, SQLSTATE class 08, a shutdown 57P01–57P03), out of resources (class 53), read-only during a
+    /// failover (25006), a statement cancelled by its timeout (57014), a lock not obtained (55P03, 55006), a
+    /// serialization failure or deadlock (40001, 40P01), the pool exhausted. False for failures that repeat
+    /// however long one waits: bad data (class 22), a violated constraint (class 23), a value that cannot be
+    /// converted, invalid SQL, anything unrecognised. Event consumers wait on transient failures instead of
+    /// dead-lettering; services answer 503 with Retry-After.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostgresError::Unavailable { .. }
+            | PostgresError::PoolExhausted { .. }
+            | PostgresError::StatementTimeout => true,
+            PostgresError::Database { sqlstate, .. } => is_transient_sqlstate(sqlstate),
+            PostgresError::RetriesExhausted { last, .. } => last.is_transient(),
+            PostgresError::Conversion(_)
+            | PostgresError::NotFound
+            | PostgresError::Migration(_)
+            | PostgresError::Config(_)
+            | PostgresError::Other(_) => false,
+        }
+    }
+
     /// A unique constraint was violated (e.g. a duplicate email).
     pub fn is_unique_violation(&self) -> bool {
         self.sqlstate() == Some(UNIQUE_VIOLATION)
@@ -153,6 +176,18 @@ fn is_connection_sqlstate(sqlstate: &str) -> bool {
         || sqlstate == "53300"
 }
 
+/// SQLSTATEs after which the same statement may succeed later: connection exceptions (08), insufficient
+/// resources (53), operator intervention other than a dropped database (57P01–57P03, 57P05; 57014, a
+/// cancelled statement), read-only transaction (25006: a standby, or a primary being failed over), lock not
+/// available / object in use (55P03, 55006), serialization failure and deadlock (40001, 40P01), system I/O
+/// errors (58000, 58030), invalid authorization (28: credentials being rotated are waited for, not lost).
+fn is_transient_sqlstate(sqlstate: &str) -> bool {
+    const CLASSES: [&str; 3] = ["08", "53", "28"];
+    const STATES: [&str; 12] =
+        ["57P01", "57P02", "57P03", "57P05", "57014", "25006", "55P03", "55006", "40001", "40P01", "58000", "58030"];
+    CLASSES.iter().any(|class| sqlstate.starts_with(class)) || STATES.contains(&sqlstate)
+}
+
 fn sqlstate_class(sqlstate: &str) -> &'static str {
     // A fixed list keeps the label's cardinality bounded whatever the server sends.
     const CLASSES: [&str; 24] = [
@@ -181,6 +216,60 @@ mod tests {
         for state in ["23505", "40001", "57014", "42P01"] {
             assert!(!is_connection_sqlstate(state), "{state}");
         }
+    }
+
+    fn database(sqlstate: &str) -> PostgresError {
+        PostgresError::Database { sqlstate: sqlstate.into(), message: "m".into(), constraint: None }
+    }
+
+    #[test]
+    fn failures_waiting_can_fix_are_transient() {
+        let outage_like = [
+            "08006", "08001", "08P01", "53000", "53100", "53200", "53300", "53400", "57P01", "57P02", "57P03", "57014",
+            "25006", "55P03", "55006", "40001", "40P01", "28P01", "58030",
+        ];
+        for state in outage_like {
+            assert!(database(state).is_transient(), "{state}");
+        }
+        let waiting_is_pointless = [
+            "22001", "22P02", "22P05", "22003", "23505", "23503", "23502", "23514", "42P01", "42601", "42703", "0A000",
+            "XX000", "57P04", "25P02", "21000", "P0001",
+        ];
+        for state in waiting_is_pointless {
+            assert!(!database(state).is_transient(), "{state}");
+        }
+        let unavailable = PostgresError::Unavailable { cause: "connection refused".into(), retry_in: None };
+        let breaker_open =
+            PostgresError::Unavailable { cause: "circuit open".into(), retry_in: Some(Duration::from_secs(1)) };
+        for err in [
+            unavailable,
+            breaker_open,
+            PostgresError::PoolExhausted { waited: Duration::from_secs(5) },
+            PostgresError::StatementTimeout,
+        ] {
+            assert!(err.is_transient(), "{err}");
+        }
+        for err in [
+            PostgresError::Conversion("not an int".into()),
+            PostgresError::NotFound,
+            PostgresError::Migration("m".into()),
+            PostgresError::Config("c".into()),
+            PostgresError::Other("o".into()),
+        ] {
+            assert!(!err.is_transient(), "{err}");
+        }
+        let exhausted = |last| PostgresError::RetriesExhausted { attempts: 3, last: Box::new(last) };
+        assert!(exhausted(database("40P01")).is_transient(), "a conflict that outlasted the retries");
+        assert!(!exhausted(database("23505")).is_transient());
+    }
+
+    #[test]
+    fn io_errors_and_a_closed_pool_are_transient_and_decode_errors_are_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        assert!(PostgresError::from_sqlx(sqlx::Error::Io(io)).is_transient());
+        assert!(PostgresError::from_sqlx(sqlx::Error::PoolClosed).is_transient());
+        assert!(!PostgresError::from_sqlx(sqlx::Error::ColumnNotFound("x".into())).is_transient());
+        assert!(!PostgresError::from_sqlx(sqlx::Error::RowNotFound).is_transient());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::metrics::RedisMetrics;
 use super::pool::{Connector, Pool, PoolLimits};
 use super::script::LuaScript;
 use crate::health::PoolStats;
-use crate::resilience::CircuitBreaker;
+use crate::resilience::{CircuitBreaker, OutageLog};
 
 struct Inner {
     pool: Arc<Pool>,
@@ -32,6 +32,8 @@ struct Inner {
     port: Option<u16>,
     db: u32,
     breaker: CircuitBreaker,
+    /// One WARN when the server becomes unreachable, one INFO when it is back (failures counted meanwhile).
+    outage: OutageLog,
     max_retries: u32,
     backoff: ExponentialBuilder,
     metrics: RedisMetrics,
@@ -114,6 +116,7 @@ impl RedisClient {
             port,
             db: config.db,
             breaker: CircuitBreaker::new("redis", config.breaker.clone()),
+            outage: OutageLog::new("Redis"),
             max_retries: config.max_retries,
             backoff,
             metrics: RedisMetrics::new(),
@@ -332,17 +335,20 @@ impl RedisClient {
             Ok(lease) => lease,
             Err(err) => {
                 permit.failure();
+                inner.outage.failed(&inner.address, &err.0);
                 return Err(RedisError::Unavailable { cause: err.0 });
             }
         };
         match cmd.query_async::<T>(&mut lease.conn).await {
             Ok(value) => {
                 permit.success();
+                inner.outage.succeeded(&inner.address);
                 Ok(value)
             }
             Err(err) if is_connection_level(&err) => {
                 lease.mark_broken();
                 permit.failure();
+                inner.outage.failed(&inner.address, &err);
                 Err(RedisError::from_redis(name, &err))
             }
             Err(err) => {

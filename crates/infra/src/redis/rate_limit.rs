@@ -120,7 +120,9 @@ impl RateLimiter {
 
     fn unavailable(&self, limit: Limit, err: &RedisError) -> Decision {
         let allowed = self.when_unavailable == WhenUnavailable::Allow;
-        tracing::warn!(error = %err, allowed, "rate limiter cannot reach Redis");
+        // The Redis client logs the outage once; each decision taken without Redis is counted (`fail_open`,
+        // `fail_closed`) rather than logged.
+        tracing::debug!(error = %err, allowed, "rate limiter cannot reach Redis");
         self.decisions.increment(if allowed { "fail_open" } else { "fail_closed" });
         let wait = Duration::from_micros(limit.interval_us());
         Decision {

@@ -331,10 +331,13 @@ impl CircuitBreaker {
     }
 
     fn transition(&self, inner: &mut Inner, to: Phase) {
-        match &to {
-            Phase::Open { .. } => tracing::warn!(breaker = self.name, "circuit breaker opened"),
-            Phase::HalfOpen { .. } => tracing::info!(breaker = self.name, "circuit breaker half-open: probing"),
-            Phase::Closed => tracing::info!(breaker = self.name, "circuit breaker closed"),
+        // An outage logs one WARN (opened) and one INFO (closed); the probes in between, each failed one
+        // re-opening the breaker, are at DEBUG (the state gauge shows them).
+        match (&inner.phase, &to) {
+            (Phase::Closed, Phase::Open { .. }) => tracing::warn!(breaker = self.name, "circuit breaker opened"),
+            (_, Phase::Open { .. }) => tracing::debug!(breaker = self.name, "circuit breaker re-opened: probe failed"),
+            (_, Phase::HalfOpen { .. }) => tracing::debug!(breaker = self.name, "circuit breaker half-open: probing"),
+            (_, Phase::Closed) => tracing::info!(breaker = self.name, "circuit breaker closed"),
         }
         self.gauges.show(to.state());
         inner.phase = to;

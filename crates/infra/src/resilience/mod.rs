@@ -2,6 +2,8 @@
 
 mod breaker;
 mod clock;
+mod outage;
 
 pub use breaker::{BreakerConfig, BreakerState, BreakerVariables, CircuitBreaker, CircuitOpen, Permit, names};
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use outage::OutageLog;
