@@ -54,6 +54,12 @@ pub const APP_METRICS: &[Description] = &[
         "Outbox sends Kafka did not acknowledge (each retry counts).",
     ),
     Description::counter(outbox::PRUNED, Unit::Count, "Sent outbox events deleted once older than OUTBOX_RETENTION."),
+    Description::gauge(
+        outbox::PARKED,
+        Unit::Count,
+        "Outbox events parked after OUTBOX_MAX_ATTEMPTS rejections, waiting for an operator.",
+    ),
+    Description::counter(outbox::PARKED_TOTAL, Unit::Count, "Outbox events parked (each once, when parked)."),
     // Event log (`app::events`)
     Description::counter(
         PRUNED_METRIC,

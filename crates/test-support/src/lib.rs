@@ -2,6 +2,7 @@
 //! per-test databases on the shared stack, fake dependencies, a TCP proxy to fault the network, and log capture.
 //! Never used by production code.
 
+pub mod crash;
 pub mod fakes;
 pub mod kafka;
 pub mod otlp;

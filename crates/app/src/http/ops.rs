@@ -288,9 +288,14 @@ fn outbox_section(html: &mut String, backlog: Option<BacklogSnapshot>, now: Offs
             let _ = write!(
                 html,
                 "<div><dt>Pending events</dt><dd>{pending}</dd></div>\
-                 <div><dt>Oldest pending</dt><dd>{age}</dd></div>",
+                 <div><dt>Oldest pending</dt><dd>{age}</dd></div>\
+                 <div><dt>Parked (<code>rust-app outbox parked</code>)</dt><dd>{parked}</dd></div>",
                 pending = snapshot.pending,
                 age = format_uptime(snapshot.oldest_age(now)),
+                parked = match snapshot.parked {
+                    0 => "0".to_string(),
+                    parked => format!("<span class=\"attention\">{parked}</span>"),
+                },
             );
         }
         None => html.push_str(

@@ -5,6 +5,7 @@
 //! the librdkafka crash"). The service must neither crash nor stay stuck: after the last restart, events
 //! written before and after it are published and consumed.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,7 +33,8 @@ impl Service {
     async fn start(env: &[(&str, &str)]) -> Service {
         let port = free_port().to_string();
         let workdir = test_support::fakes::TempDir::new();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rust-app"));
+        // Core dumps on: a crash leaves its core file and backtrace behind (`test_support::crash`).
+        let mut command = test_support::crash::command_with_core_dumps(Path::new(env!("CARGO_BIN_EXE_rust-app")));
         command.arg("serve").env_clear().current_dir(&workdir.0);
         if let Ok(path) = std::env::var("PATH") {
             command.env("PATH", path);
@@ -154,7 +156,9 @@ async fn fifty_broker_restarts_under_load_neither_crash_the_service_nor_stop_its
         broker = PrivateKafka::start(port).await;
         if let Some(status) = service.exit_status() {
             let log = keep_log(&service.output());
-            panic!("rust-app died after broker restart {restart}: {status}; its log: {log}");
+            let crash =
+                test_support::crash::report(status, Path::new(env!("CARGO_BIN_EXE_rust-app")), &service.workdir.0);
+            panic!("rust-app died after broker restart {restart}: {status}{crash}; its log: {log}");
         }
     }
     let restarts_took = started.elapsed();

@@ -18,7 +18,7 @@ const SAMPLE_OF_OTHERS: usize = 20;
 pub async fn alive(deployment: &mut Deployment) -> Result<(), String> {
     for (n, instance) in deployment.instances.iter_mut().enumerate() {
         if let Some(status) = instance.exited() {
-            return Err(format!("instance {n} exited: {status}"));
+            return Err(format!("instance {n} exited: {status}{}", instance.crash_report(status)));
         }
         let output = instance.output();
         if let Some(line) = output.lines().find(|line| line.contains("panicked")) {

@@ -82,6 +82,11 @@ impl Instance {
         }
     }
 
+    /// For an instance that died of a signal: where its core file went and the backtrace of every thread.
+    pub fn crash_report(&self, status: ExitStatus) -> String {
+        test_support::crash::report(status, std::path::Path::new(env!("CARGO_BIN_EXE_rust-app")), &self.workdir.0)
+    }
+
     /// Everything it printed so far (every run).
     pub fn output(&self) -> String {
         std::fs::read(&self.log).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
@@ -100,7 +105,9 @@ impl Drop for Instance {
 fn spawn(env: &[(String, String)], workdir: &std::path::Path, log: &std::path::Path) -> Child {
     let output = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("instance log");
     let errors: File = output.try_clone().expect("instance log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rust-app"));
+    // Core dumps on: a crash leaves its core file and backtrace behind (see `crash_report`).
+    let mut command =
+        test_support::crash::command_with_core_dumps(std::path::Path::new(env!("CARGO_BIN_EXE_rust-app")));
     command.arg("serve").env_clear().current_dir(workdir);
     for keep in ["PATH", "HOME"] {
         if let Ok(value) = std::env::var(keep) {

@@ -12,6 +12,7 @@ use crate::kafka::metrics::names as kafka;
 use crate::postgres::metrics::names as postgres;
 use crate::redis::metrics::names as redis;
 use crate::resilience::names as resilience;
+use crate::supervisor::names as supervisor;
 
 /// The Prometheus type of a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +151,27 @@ pub const INFRA_METRICS: &[Description] = &[
         "Kafka records not yet handled, by topic and assigned partition.",
     ),
     Description::gauge(kafka::ASSIGNED_PARTITIONS, Unit::Count, "Kafka partitions assigned to this consumer."),
+    Description::counter(
+        kafka::PRODUCERS_REPLACED,
+        Unit::Count,
+        "Kafka producers that failed for good or whose id the brokers forgot, replaced by a new one.",
+    ),
+    Description::counter(
+        kafka::CONNECTION_ERRORS,
+        Unit::Count,
+        "Connection failures librdkafka reported (broker unreachable, all brokers down, request timed out).",
+    ),
+    Description::gauge(
+        kafka::CONSUMER_WAITING,
+        Unit::Count,
+        "1 while the consumer waits for a dependency its handler reported unavailable, else 0.",
+    ),
+    // Background tasks (`infra::supervisor`)
+    Description::counter(
+        supervisor::RESTARTS,
+        Unit::Count,
+        "Restarts of a background task that ended or panicked before shutdown.",
+    ),
     // Resilience (`infra::resilience`)
     Description::gauge(
         resilience::BREAKER_STATE,
