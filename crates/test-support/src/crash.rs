@@ -31,7 +31,8 @@ pub fn report(status: ExitStatus, program: &Path, workdir: &Path) -> String {
         Err(_) => core,
     };
     let backtrace = Command::new("gdb")
-        .args(["-batch", "-ex", "thread apply all bt 30"])
+        // The crashed thread first (gdb selects it), then every thread: the report is cut at BACKTRACE_LINES.
+        .args(["-batch", "-ex", "bt 30", "-ex", "thread apply all bt 30"])
         .arg(program)
         .arg(&core)
         .output()

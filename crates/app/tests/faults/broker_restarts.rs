@@ -126,6 +126,7 @@ fn count(db: &TestDb, query: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_broker_restarts_under_load_neither_crash_the_service_nor_stop_its_events() {
+    let _alone = crate::ONE_AT_A_TIME.lock().await;
     let db = TestDb::create();
     let port = free_port();
     let mut broker = PrivateKafka::start(port).await;

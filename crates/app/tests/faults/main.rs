@@ -4,6 +4,7 @@
 
 mod broker_restarts;
 mod checks;
+mod connection_flood;
 mod deployment;
 mod load;
 mod matrix;

@@ -47,7 +47,7 @@ pub(crate) fn is_connection_error(error: &RdKafkaError) -> bool {
 
 /// Whether `error` says a topic does not exist (yet): a subscribed topic being created, or gone with the broker
 /// that held it.
-fn is_missing_topic(error: &RdKafkaError) -> bool {
+pub(crate) fn is_missing_topic(error: &RdKafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::client::base_client_config;
 use super::config::KafkaConfig;
-use super::connectivity::{Connectivity, is_connection_error};
+use super::connectivity::{Connectivity, is_connection_error, is_missing_topic};
 use super::dlq::dead_letter_headers;
 use super::error::{ConsumeError, FailureKind, HandlerError};
 use super::metrics::ConsumerMetrics;
@@ -258,10 +258,10 @@ impl KafkaConsumer {
         (outcome, polled)
     }
 
-    /// An error polling returned. Connection errors were already counted by the client's context (they come
-    /// through its error callback too): logged here at DEBUG only.
+    /// An error polling returned. Connection errors were already counted, and a missing topic already logged,
+    /// by the client's context (they come through its error callback too): logged here at DEBUG only.
     fn consumer_error(&self, err: &RdKafkaError) {
-        if is_connection_error(err) {
+        if is_connection_error(err) || is_missing_topic(err) {
             tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
         } else {
             tracing::warn!(target: "infra::kafka", topic = %self.topic, error = %err, "Kafka consumer error");
