@@ -4,7 +4,13 @@
 //!
 //! `axum::serve` configures none of these, and no well-kept crate offers the cap with idle reaping for hyper 1,
 //! so the accept loop is written here; each connection is still hyper-util's (HTTP/1.1 and HTTP/2 prior knowledge,
-//! as `axum::serve`), and graceful shutdown is hyper-util's `GracefulShutdown`.
+//! as `axum::serve`).
+//!
+//! Graceful shutdown answers every connection the kernel accepted: hyper-util's `GracefulShutdown` (and
+//! `axum::serve`) drop the connections still in the listen backlog and cancel a connection whose first request
+//! head has not been read yet, so a client that connected a moment before SIGTERM got a reset instead of an
+//! answer. Here the backlog is drained before the listener closes, and a new connection is asked to finish only
+//! once its first request has started (its header read timeout closes a silent one).
 
 mod connection;
 
@@ -22,9 +28,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use connection::{Closing, ConnectionClock, OpenConnections, Timeouts, WatchedStream};
@@ -64,11 +71,14 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
     open: Arc<OpenConnections>,
+    /// Cancelled when the server stops accepting: each connection then finishes gracefully.
+    stopping: CancellationToken,
 }
 
-/// Serves `router` on `listener` until `stop` resolves; then stops accepting, lets each connection finish the
-/// requests in flight (idle ones close at once) and returns when all are closed. Handlers see the client's
-/// address as `ConnectInfo<SocketAddr>`.
+/// Serves `router` on `listener` until `stop` resolves; then stops accepting (serving the connections already
+/// in the listen backlog), lets each connection finish the requests in flight and its first one if it has sent
+/// none yet (idle ones close at once) and returns when all are closed. Handlers see the client's address as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -80,9 +90,10 @@ pub async fn serve(
         builder: connection_builder(&limits),
         timeouts: Timeouts { header_read: limits.header_read_timeout, keep_alive: limits.keep_alive_timeout },
         open: Arc::new(OpenConnections::default()),
+        stopping: CancellationToken::new(),
     });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     for closing in Closing::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => closing.label()).absolute(0);
     }
@@ -95,14 +106,23 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let slot = tokio::select! {
-            slot = free_slot(&slots, &shared.open) => slot?,
-            () = &mut stop => break,
+        let (slot, stopped) = tokio::select! {
+            slot = free_slot(&slots, &shared.open) => (Some(slot?), false),
+            // Accepted while waiting for a slot: it is served all the same, beyond the cap.
+            () = &mut stop => (None, true),
         };
-        tokio::spawn(serve_connection(Arc::clone(&shared), stream, peer, slot, graceful.watcher()));
+        connections.spawn(serve_connection(Arc::clone(&shared), stream, peer, slot));
+        if stopped {
+            break;
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
+    for (stream, peer) in drain_backlog(listener) {
+        let slot = Arc::clone(&slots).try_acquire_owned().ok();
+        connections.spawn(serve_connection(Arc::clone(&shared), stream, peer, slot));
+    }
+    shared.stopping.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 
@@ -139,8 +159,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    watcher: Watcher,
+    slot: Option<OwnedSemaphorePermit>,
 ) {
     let clock = Arc::new(ConnectionClock::new(shared.timeouts));
     let _registration = shared.open.register(Arc::clone(&clock));
@@ -150,19 +169,60 @@ async fn serve_connection(
         handle(router.clone(), &requests_clock, peer, request)
     });
     let io = TokioIo::new(WatchedStream::new(stream, Arc::clone(&clock)));
-    let served = watcher.watch(shared.builder.serve_connection(io, service));
-    tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "connection ended with an error");
+    let served = shared.builder.serve_connection(io, service);
+    tokio::pin!(served);
+    let mut finishing = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                break;
             }
-        }
-        closing = clock.expired() => {
-            tracing::debug!(reason = closing.label(), "closing the connection");
-            metrics::counter!(CONNECTIONS_CLOSED, "reason" => closing.label()).increment(1);
+            closing = clock.expired() => {
+                tracing::debug!(reason = closing.label(), "closing the connection");
+                metrics::counter!(CONNECTIONS_CLOSED, "reason" => closing.label()).increment(1);
+                break;
+            }
+            () = ready_to_finish(&shared.stopping, &clock), if !finishing => {
+                // Requests in flight are finished, then the connection closes (HTTP/1.1 `connection: close`,
+                // HTTP/2 GOAWAY); an idle one closes now.
+                served.as_mut().graceful_shutdown();
+                finishing = true;
+            }
         }
     }
     drop(slot);
+}
+
+/// Resolves when the server is stopping and the connection has started its first request: before that, hyper
+/// may not have read the head the client already sent, and finishing the connection would drop it.
+async fn ready_to_finish(stopping: &CancellationToken, clock: &ConnectionClock) {
+    stopping.cancelled().await;
+    clock.first_request_started().await;
+}
+
+/// The connections the kernel has completed but the loop has not accepted yet: closing the listener would reset
+/// them, though their clients have sent their requests. A connection completing after this is refused or reset,
+/// as with any server; an orchestrator stops sending new ones first (readiness, preStop).
+fn drain_backlog(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let mut drained = Vec::new();
+    let Ok(listener) = listener.into_std() else { return drained };
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            // Reset by its client while queued: the next one may be fine.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            // WouldBlock: the backlog is empty.
+            Err(_) => return drained,
+        };
+        let adopted = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+        match adopted {
+            Ok(stream) => drained.push((stream, peer)),
+            Err(err) => tracing::debug!(error = %err, "a connection from the listen backlog could not be served"),
+        }
+    }
 }
 
 /// Routes one request with the client's address attached; the connection counts as serving until the response

@@ -74,6 +74,9 @@ enum Phase {
 struct State {
     phase: Phase,
     reaped: bool,
+    /// Whether a request has reached the router: until then hyper may still be reading the first head, and a
+    /// graceful shutdown would drop it unanswered.
+    started_a_request: bool,
 }
 
 /// Shared by the connection's socket, its requests and its task.
@@ -81,6 +84,8 @@ struct State {
 pub(crate) struct ConnectionClock {
     state: Mutex<State>,
     changed: Notify,
+    /// Notified once, when the first request reaches the router (the permit is kept if nobody waits yet).
+    first_request: Notify,
     timeouts: Timeouts,
 }
 
@@ -89,7 +94,8 @@ impl ConnectionClock {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
         let now = Instant::now();
         let phase = Phase::Waiting { idle_since: now, head_started: Some(now), received: false };
-        ConnectionClock { state: Mutex::new(State { phase, reaped: false }), changed: Notify::new(), timeouts }
+        let state = State { phase, reaped: false, started_a_request: false };
+        ConnectionClock { state: Mutex::new(state), changed: Notify::new(), first_request: Notify::new(), timeouts }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -118,8 +124,12 @@ impl ConnectionClock {
             Phase::Serving { requests } => Phase::Serving { requests: requests + 1 },
             Phase::Waiting { .. } => Phase::Serving { requests: 1 },
         };
+        let first = !std::mem::replace(&mut state.started_a_request, true);
         drop(state);
         self.changed.notify_one();
+        if first {
+            self.first_request.notify_one();
+        }
         RequestInFlight { clock: Arc::clone(self) }
     }
 
@@ -138,6 +148,15 @@ impl ConnectionClock {
         match self.state().phase {
             Phase::Waiting { idle_since, received: false, .. } => Some(idle_since),
             _ => None,
+        }
+    }
+
+    /// Resolves once a request has reached the router. A client that connected just before shutdown is owed an
+    /// answer to its first request, which hyper may not have read yet; a connection that never sends one is
+    /// closed by its header read timeout instead (as Go's `Server.Shutdown` treats new connections).
+    pub(crate) async fn first_request_started(&self) {
+        if !self.state().started_a_request {
+            self.first_request.notified().await;
         }
     }
 
