@@ -58,6 +58,10 @@ use infra::redis::{Limit, RateLimiter, RedisClient, WhenUnavailable};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 
+/// As the `rust-app` binary: the service measured here runs on the allocator it ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Thread names (at most 15 bytes: the kernel truncates them) telling the CPU of each part apart.
@@ -243,8 +247,8 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
         Side::Bare => serve(bare_router(body)).await,
         Side::Observe => {
             // No trusted proxies, as by default.
-            let proxies: Arc<[ipnet::IpNet]> = Arc::from([]);
-            serve(bare_router(body).layer(from_fn_with_state(proxies, app::http::observe::observe))).await
+            let observer = app::http::observe::Observer::new(&[]);
+            serve(bare_router(body).layer(from_fn_with_state(observer, app::http::observe::observe))).await
         }
         Side::Limiter => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");

@@ -10,7 +10,7 @@ use anyhow::Context;
 use infra::health::{Criticality, HealthRegistry};
 use infra::kafka::{ConsumerState, KafkaClient, KafkaConfig, KafkaConsumer, KafkaHealth, KafkaProducer};
 use infra::postgres::{PostgresClient, PostgresHealth};
-use infra::redis::{RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
+use infra::redis::{ClientCache, RateLimiter, RedisClient, RedisHealth, WhenUnavailable};
 use infra::supervisor::{Supervisor, TasksHealth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -32,7 +32,7 @@ use crate::settings::Settings;
 use crate::users::activity::{UserActivity, postgres::PostgresActivityRecorder};
 use crate::users::cache::UserCacheInvalidation;
 use crate::users::postgres::PostgresUsers;
-use crate::users::redis::{RedisSessions, RedisUserCache};
+use crate::users::redis::{RedisSessions, RedisUserCache, SESSION_KEY_PREFIX, USER_KEY_PREFIX};
 use crate::users::{CachedUserRepository, Users};
 
 /// How often histogram samples are folded into buckets.
@@ -86,6 +86,8 @@ impl Application {
             crate::migrations::apply(&postgres).await.context("applying migrations at start")?;
         }
         let redis = RedisClient::connect_lazy(&config.redis)?;
+        // Users and sessions read on every request are kept in memory while Redis tracks their keys.
+        let client_cache = ClientCache::start(&config.redis, &[USER_KEY_PREFIX, SESSION_KEY_PREFIX]);
         let kafka = KafkaClient::connect_lazy(&config.kafka)?;
         let event_topics = Arc::new(EventTopics::new(kafka.clone(), &config.kafka));
         let topics = spawn_ensure_topics(event_topics.clone());
@@ -95,8 +97,9 @@ impl Application {
         // The one consumer logs every event, keeps each user's audit trail from the user events, and invalidates
         // the cached user of each update or deletion again (waiting for Redis when it is down).
         let user_activity = UserActivity::new(Arc::new(PostgresActivityRecorder::new(postgres.clone())));
-        let user_cache =
-            UserCacheInvalidation::new(Arc::new(RedisUserCache::new(redis.clone(), settings.users.cache_ttl)));
+        let cache =
+            RedisUserCache::new(redis.clone(), settings.users.cache_ttl).with_client_cache(client_cache.clone());
+        let user_cache = UserCacheInvalidation::new(Arc::new(cache));
         let handler = EventLogHandler::new(event_log.clone())
             .with_projection(Arc::new(user_activity))
             .with_projection(Arc::new(user_cache));
@@ -140,7 +143,7 @@ impl Application {
             events: Arc::new(KafkaEventPublisher::new(producer.clone(), config.kafka.topic.clone())),
             event_log: event_log.clone(),
             publish_limiter: RateLimiter::new(redis.clone(), "rate:events", when_unavailable),
-            users: users(&settings, &postgres, &redis),
+            users: users(&settings, &postgres, &redis, &client_cache),
             limits: Limits {
                 limiter: RateLimiter::new(redis.clone(), "rate", when_unavailable),
                 per_ip: rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst),
@@ -278,14 +281,19 @@ impl Application {
     }
 }
 
-/// The users use cases over PostgreSQL (users, outbox) and Redis (cache, sessions).
-pub(crate) fn users(settings: &Settings, postgres: &PostgresClient, redis: &RedisClient) -> Users {
-    let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
-    Users::new(
-        Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres.clone()), cache)),
-        Arc::new(RedisSessions::new(redis.clone(), settings.sessions.ttl, settings.sessions.max_lifetime)),
-    )
-    .with_hashing_limits(settings.users.hashing)
+/// The users use cases over PostgreSQL (users, outbox) and Redis (cache, sessions), hits served from
+/// `client_cache` when it is on.
+pub(crate) fn users(
+    settings: &Settings,
+    postgres: &PostgresClient,
+    redis: &RedisClient,
+    client_cache: &ClientCache,
+) -> Users {
+    let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl).with_client_cache(client_cache.clone());
+    let sessions = RedisSessions::new(redis.clone(), settings.sessions.ttl, settings.sessions.max_lifetime)
+        .with_client_cache(client_cache.clone());
+    Users::new(Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres.clone()), cache)), Arc::new(sessions))
+        .with_hashing_limits(settings.users.hashing)
 }
 
 /// Time left until `deadline`, but at least [`MIN_STOP_TIME`]: the consumer must get a chance to commit, the

@@ -75,7 +75,7 @@ async fn create_admin(
     let postgres = PostgresClient::connect_lazy(&settings.config.postgres).map_err(|err| err.to_string())?;
     let redis = RedisClient::connect_lazy(&settings.config.redis).map_err(|err| err.to_string())?;
     crate::migrations::apply(&postgres).await.map_err(|err| format!("migrations: {err}"))?;
-    let users = crate::startup::users(settings, &postgres, &redis);
+    let users = crate::startup::users(settings, &postgres, &redis, &infra::redis::ClientCache::disabled());
     let created = match password {
         None => users.promote(&email).await,
         Some(password) => {

@@ -111,10 +111,10 @@ pub struct RequestLimits {
 /// needs, composed here under one `observe` layer that sees (and measures) every answer of both, 429s included.
 pub fn router(state: AppState) -> Router {
     let requests = state.requests;
-    let proxies: Arc<[IpNet]> = state.limits.trusted_proxies.as_slice().into();
+    let observer = observe::Observer::new(&state.limits.trusted_proxies);
     ops_router(requests)
         .merge(api_router(state.clone()))
-        .layer(from_fn_with_state(proxies, observe::observe))
+        .layer(from_fn_with_state(observer, observe::observe))
         .with_state(state)
 }
 

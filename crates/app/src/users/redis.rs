@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use infra::redis::{Cache, RedisClient, RedisError, SessionId};
+use infra::redis::{Cache, ClientCache, RedisClient, RedisError, SessionId};
 
 use super::{SessionStore, SessionToken, User, UserCache, UserError, UserId, UserRepository};
 use crate::port::PortError;
@@ -24,7 +24,17 @@ impl RedisUserCache {
     pub fn new(redis: RedisClient, ttl: Duration) -> Self {
         RedisUserCache { cache: Cache::new(redis), ttl }
     }
+
+    /// Serves hits from `client_cache` (process memory), which must track [`USER_KEY_PREFIX`].
+    pub fn with_client_cache(self, client_cache: ClientCache) -> Self {
+        RedisUserCache { cache: self.cache.with_client_cache(client_cache), ttl: self.ttl }
+    }
 }
+
+/// The prefix of every cached user's key (and of its fill ticket), for the client cache's tracking.
+pub const USER_KEY_PREFIX: &str = "user:";
+/// The prefix of every session's key, for the client cache's tracking.
+pub const SESSION_KEY_PREFIX: &str = "session:";
 
 /// The cache key of a user: the id is a hash tag, so in a Redis Cluster the entry and its fill ticket
 /// (`user:{<id>}:ticket`) share a slot, as the cache's scripts need.
@@ -64,7 +74,7 @@ pub struct RedisSessions {
 }
 
 /// What a session holds.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct SessionData {
     /// The signed-in user.
     user: UserId,
@@ -76,6 +86,11 @@ impl RedisSessions {
     /// Sessions in `redis` that expire `ttl` after their last use, and `max_lifetime` after sign-in at the latest.
     pub fn new(redis: RedisClient, ttl: Duration, max_lifetime: Duration) -> Self {
         RedisSessions { store: infra::redis::RedisSessionStore::new(redis, "session", ttl), max_lifetime }
+    }
+
+    /// Keeps sessions in `client_cache` (process memory), which must track [`SESSION_KEY_PREFIX`].
+    pub fn with_client_cache(self, client_cache: ClientCache) -> Self {
+        RedisSessions { store: self.store.with_client_cache(client_cache), max_lifetime: self.max_lifetime }
     }
 
     fn expired(&self, data: &SessionData) -> bool {
@@ -98,7 +113,8 @@ impl SessionStore for RedisSessions {
             return Ok(None);
         };
         // A session from before the absolute lifetime existed does not parse: it is simply over.
-        let data = match self.store.load::<SessionData>(&id).await {
+        // Its sliding TTL is renewed as it is read (at most once per renewal interval).
+        let data = match self.store.resume::<SessionData>(&id).await {
             Ok(Some(data)) => data,
             Ok(None) | Err(RedisError::Conversion(_)) => return Ok(None),
             Err(err) => return Err(session_error(err)),
@@ -107,7 +123,6 @@ impl SessionStore for RedisSessions {
             self.store.delete(&id).await.map_err(session_error)?;
             return Ok(None);
         }
-        self.store.touch(&id).await.map_err(session_error)?;
         Ok(Some(data.user))
     }
 

@@ -4,6 +4,7 @@ mod access;
 mod activity;
 mod cache_coherence;
 mod cli;
+mod client_cache;
 mod consumer_faults;
 mod degraded;
 mod dlq;

@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use super::client::RedisClient;
+use super::client_cache::ClientCache;
 use super::error::RedisError;
 use super::metrics::CacheMetrics;
 use super::script::LuaScript;
@@ -85,6 +86,8 @@ type FlightKey = (String, String);
 #[derive(Clone)]
 pub struct Cache {
     redis: RedisClient,
+    /// Decoded values kept in process memory while Redis tracks their keys (disabled by default).
+    client_cache: ClientCache,
     /// One entry per key and ticket being loaded in this process: concurrent misses wait for the same load.
     in_flight: Arc<Mutex<HashMap<FlightKey, Flight>>>,
     jitter: RandomState,
@@ -109,7 +112,16 @@ impl Cache {
     /// A cache storing JSON values in `redis`.
     pub fn new(redis: RedisClient) -> Self {
         let metrics = CacheMetrics::new();
-        Cache { redis, in_flight: Arc::new(Mutex::new(HashMap::new())), jitter: RandomState::new(), metrics }
+        let in_flight = Arc::new(Mutex::new(HashMap::new()));
+        Cache { redis, client_cache: ClientCache::disabled(), in_flight, jitter: RandomState::new(), metrics }
+    }
+
+    /// Serves hits from `client_cache` (process memory, invalidated by Redis) before asking Redis. The client
+    /// cache's tracked prefixes must cover this cache's keys (it cannot check): an untracked key would be
+    /// served from memory until its TTL, whoever changed it.
+    pub fn with_client_cache(mut self, client_cache: ClientCache) -> Self {
+        self.client_cache = client_cache;
+        self
     }
 
     /// The value under `key`, or `loader`'s value stored with `ttl` (±10 % jitter, so keys written together do
@@ -124,7 +136,15 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
+        if let Some(value) = self.client_cache.get::<T>(key) {
+            self.metrics.looked_up("hit", started.elapsed());
+            return Ok(value);
+        }
+        let ticket = self.client_cache.ticket();
         let (result, outcome) = self.lookup(key, ttl, loader).await;
+        if let (Ok(value), "hit" | "miss") = (&result, outcome) {
+            self.client_cache.fill(ticket, key, value.clone());
+        }
         self.metrics.looked_up(outcome, started.elapsed());
         result
     }
@@ -133,7 +153,13 @@ impl Cache {
     /// and its fill ticket, so no load that began before this call can store what it read. An error means the
     /// entry may stay stale until its TTL ends.
     pub async fn invalidate(&self, key: &str) -> Result<(), RedisError> {
-        self.redis.del(&[key, &ticket_key(key)]).await.map(drop)
+        // Forgotten in memory before (fills in flight are refused) and after (a read answered between the two
+        // by Redis' old value is dropped) — the tracking push would do it, but not necessarily before this
+        // process's next read.
+        self.client_cache.forget(key);
+        let deleted = self.redis.del(&[key, &ticket_key(key)]).await.map(drop);
+        self.client_cache.forget(key);
+        deleted
     }
 
     async fn lookup<T, E, F, Fut>(&self, key: &str, ttl: Duration, loader: F) -> (Result<T, E>, &'static str)

@@ -360,7 +360,7 @@ impl RedisClient {
 }
 
 /// Connection settings for one node of REDIS_ADDR, with the password, user, database and TLS settings applied.
-fn node_info(config: &RedisConfig, node: &str) -> redis::RedisResult<ConnectionInfo> {
+pub(crate) fn node_info(config: &RedisConfig, node: &str) -> redis::RedisResult<ConnectionInfo> {
     let url = match (node.contains("://"), config.tls) {
         (true, _) => node.to_string(),
         (false, true) => format!("rediss://{node}"),

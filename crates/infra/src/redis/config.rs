@@ -56,6 +56,30 @@ pub struct RedisConfig {
     /// `REDIS_RATE_LIMIT_FAIL_OPEN`: when Redis is unavailable, rate limiters let requests through (true) or
     /// refuse them (false).
     pub rate_limit_fail_open: bool,
+    /// `REDIS_CLIENT_CACHE*`: cached values kept in process memory, invalidated by Redis (client tracking).
+    pub client_cache: ClientCacheConfig,
+}
+
+/// Server-assisted client-side caching (`REDIS_CLIENT_CACHE`, `REDIS_CLIENT_CACHE_SIZE`,
+/// `REDIS_CLIENT_CACHE_TTL`): see `infra::redis::ClientCache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCacheConfig {
+    /// `REDIS_CLIENT_CACHE`: keep cached values in process memory (standalone mode only).
+    pub enabled: bool,
+    /// `REDIS_CLIENT_CACHE_SIZE`: most entries kept in memory (least recently used go first).
+    pub max_entries: u64,
+    /// `REDIS_CLIENT_CACHE_TTL`: an entry is dropped this long after it was read from Redis, invalidated or not.
+    pub ttl: Duration,
+}
+
+impl ClientCacheConfig {
+    fn read(r: &mut Reader<'_>) -> Self {
+        ClientCacheConfig {
+            enabled: r.bool("REDIS_CLIENT_CACHE", true),
+            max_entries: r.int("REDIS_CLIENT_CACHE_SIZE", 10_000, 1, 10_000_000),
+            ttl: r.duration("REDIS_CLIENT_CACHE_TTL", secs(60), Unit::Seconds, false),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -99,6 +123,7 @@ impl RedisConfig {
             tls: r.bool("REDIS_TLS", false),
             breaker: BreakerConfig::read(r, &BREAKER_VARIABLES, &BreakerConfig::default()),
             rate_limit_fail_open: r.bool("REDIS_RATE_LIMIT_FAIL_OPEN", true),
+            client_cache: ClientCacheConfig::read(r),
         }
     }
 

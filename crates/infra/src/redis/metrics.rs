@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use std::sync::Arc;
+
+use metrics::{Counter, counter, histogram};
 
 use crate::outcome_histograms::OutcomeHistograms;
 
@@ -20,11 +22,32 @@ pub mod names {
     pub const CACHE_DURATION: &str = "redis_cache_duration_seconds";
     /// Counter: rate-limit decisions by `decision` = `allowed` | `limited` | `fail_open` | `fail_closed`.
     pub const RATE_LIMIT_DECISIONS: &str = "redis_rate_limit_decisions_total";
+    /// Counter: client-side cache lookups (process memory) by `result` = `hit` | `miss`.
+    pub const CLIENT_CACHE_LOOKUPS: &str = "redis_client_cache_lookups_total";
+    /// Counter: keys dropped from the client-side cache because Redis said they changed.
+    pub const CLIENT_CACHE_INVALIDATIONS: &str = "redis_client_cache_invalidations_total";
+    /// Counter: times the whole client-side cache was emptied (tracking lost or restarted, FLUSHDB).
+    pub const CLIENT_CACHE_FLUSHES: &str = "redis_client_cache_flushes_total";
+    /// Gauge: 1 while Redis tracks the client-side cache's keys (values served from memory), else 0.
+    pub const CLIENT_CACHE_TRACKING: &str = "redis_client_cache_tracking";
+    /// Gauge: entries in the client-side cache.
+    pub const CLIENT_CACHE_ENTRIES: &str = "redis_client_cache_entries";
 }
 
 /// The commands this client sends: the `command` label's whole range.
-pub(crate) const COMMANDS: [&str; 10] =
-    ["GET", "SET", "DEL", "MGET", "INCRBY", "PEXPIRE", "PING", "EVAL gcra", "EVAL cache_ticket", "EVAL cache_fill"];
+pub(crate) const COMMANDS: [&str; 11] = [
+    "GET",
+    "SET",
+    "DEL",
+    "MGET",
+    "INCRBY",
+    "PEXPIRE",
+    "PING",
+    "EVAL gcra",
+    "EVAL cache_ticket",
+    "EVAL cache_fill",
+    "EVAL session_load",
+];
 
 /// The `kind` label's whole range.
 const ERROR_KINDS: [&str; 4] = ["unavailable", "circuit_open", "command", "conversion"];
@@ -61,41 +84,65 @@ impl RedisMetrics {
 
 /// A counter with one label of a fixed range of values, every series registered at zero so alerts and
 /// dashboards see "none yet", not "no data".
-#[derive(Clone, Debug)]
+/// The handles are taken once: an increment is an atomic add, not a registry look-up.
+#[derive(Clone)]
 pub(crate) struct LabelledCounter {
     name: &'static str,
     label: &'static str,
+    series: Arc<[(&'static str, Counter)]>,
+}
+
+impl std::fmt::Debug for LabelledCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabelledCounter").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl LabelledCounter {
     pub(crate) fn new(name: &'static str, label: &'static str, values: &[&'static str]) -> Self {
-        for value in values {
-            counter!(name, label => *value).increment(0);
-        }
-        LabelledCounter { name, label }
+        let series: Arc<[(&'static str, Counter)]> = values
+            .iter()
+            .map(|value| {
+                let counter = counter!(name, label => *value);
+                counter.increment(0);
+                (*value, counter)
+            })
+            .collect();
+        LabelledCounter { name, label, series }
     }
 
     pub(crate) fn increment(&self, value: &'static str) {
-        counter!(self.name, self.label => value).increment(1);
+        match self.series.iter().find(|(known, _)| *known == value) {
+            Some((_, counter)) => counter.increment(1),
+            None => counter!(self.name, self.label => value).increment(1),
+        }
     }
 }
 
-/// The cache's lookups and durations by `result`.
+/// The cache's lookups and durations by `result`, handles taken once.
 #[derive(Clone, Debug)]
 pub(crate) struct CacheMetrics {
     lookups: LabelledCounter,
+    durations: Arc<[(&'static str, metrics::Histogram)]>,
 }
 
 impl CacheMetrics {
+    const RESULTS: [&'static str; 4] = ["hit", "miss", "error", "bypass"];
+
     pub(crate) fn new() -> Self {
-        CacheMetrics {
-            lookups: LabelledCounter::new(names::CACHE_LOOKUPS, "result", &["hit", "miss", "error", "bypass"]),
-        }
+        let durations = Self::RESULTS
+            .iter()
+            .map(|result| (*result, histogram!(names::CACHE_DURATION, "result" => *result)))
+            .collect();
+        CacheMetrics { lookups: LabelledCounter::new(names::CACHE_LOOKUPS, "result", &Self::RESULTS), durations }
     }
 
     pub(crate) fn looked_up(&self, result: &'static str, elapsed: Duration) {
         self.lookups.increment(result);
-        histogram!(names::CACHE_DURATION, "result" => result).record(elapsed.as_secs_f64());
+        match self.durations.iter().find(|(known, _)| *known == result) {
+            Some((_, histogram)) => histogram.record(elapsed.as_secs_f64()),
+            None => histogram!(names::CACHE_DURATION, "result" => result).record(elapsed.as_secs_f64()),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cache;
 mod client;
+mod client_cache;
 mod config;
 mod error;
 mod health;
@@ -14,7 +15,8 @@ mod session;
 
 pub use cache::Cache;
 pub use client::RedisClient;
-pub use config::{RedisConfig, RedisMode};
+pub use client_cache::{ClientCache, FillTicket};
+pub use config::{ClientCacheConfig, RedisConfig, RedisMode};
 pub use error::RedisError;
 pub use health::RedisHealth;
 pub use rate_limit::{Decision, Limit, RateLimiter, WhenUnavailable};

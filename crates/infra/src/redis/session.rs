@@ -4,14 +4,36 @@
 //! key is the SHA-256 of the id, so neither command spans (which record keys) nor a Redis dump reveal a usable id.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::client::RedisClient;
+use super::client_cache::ClientCache;
 use super::error::RedisError;
+use super::script::LuaScript;
+
+/// A session and its remaining time to live, in one round trip (read-only: no invalidation is caused).
+/// KEYS: the session. Returns {value or nil, PTTL in ms (-2 missing, -1 no expiry)}.
+static LOAD_WITH_TTL: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new("EVAL session_load", "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
+});
+
+/// The longest a session goes without its TTL being renewed while it is used (see [`RedisSessionStore::resume`]).
+const MAX_RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A session kept in process memory by the client cache.
+#[derive(Clone)]
+struct Resumed<T> {
+    data: T,
+    /// When its TTL was last renewed (by any instance), as far as this process knows.
+    renewed: Instant,
+    /// When it expires in Redis unless renewed.
+    expires: Instant,
+}
 
 /// A session id: 32 random bytes as 64 hex characters. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,12 +72,62 @@ pub struct RedisSessionStore {
     redis: RedisClient,
     prefix: String,
     ttl: Duration,
+    client_cache: ClientCache,
 }
 
 impl RedisSessionStore {
     /// A store whose sessions expire `ttl` after their last use.
     pub fn new(redis: RedisClient, prefix: impl Into<String>, ttl: Duration) -> Self {
-        RedisSessionStore { redis, prefix: prefix.into(), ttl }
+        RedisSessionStore { redis, prefix: prefix.into(), ttl, client_cache: ClientCache::disabled() }
+    }
+
+    /// Keeps resumed sessions in `client_cache` (which must track this store's prefix followed by `:`).
+    pub fn with_client_cache(mut self, client_cache: ClientCache) -> Self {
+        self.client_cache = client_cache;
+        self
+    }
+
+    /// How long a used session may go without a renewal of its TTL: a tenth of the TTL, at most a minute. So a
+    /// session expires between `ttl - renewal interval` and `ttl` after its last use, and a busy session costs
+    /// one PEXPIRE per interval instead of one per request.
+    pub fn renewal_interval(&self) -> Duration {
+        (self.ttl / 10).min(MAX_RENEWAL_INTERVAL)
+    }
+
+    /// The session's data, its sliding TTL renewed when due; `None` when it does not exist or expired. With a
+    /// client cache, a session used again is answered from memory (a logout anywhere deletes the key, and
+    /// Redis' invalidation drops it here), and its TTL is renewed once per [`Self::renewal_interval`].
+    pub async fn resume<T>(&self, id: &SessionId) -> Result<Option<T>, RedisError>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let key = self.key(id);
+        let now = Instant::now();
+        if let Some(resumed) = self.client_cache.get::<Resumed<T>>(&key).filter(|resumed| now < resumed.expires) {
+            if now.duration_since(resumed.renewed) >= self.renewal_interval() {
+                self.renew(&key).await?;
+            }
+            return Ok(Some(resumed.data));
+        }
+        let ticket = self.client_cache.ticket();
+        let (value, ttl_ms): (Option<Vec<u8>>, i64) =
+            self.redis.eval(&LOAD_WITH_TTL, &[&key], &Vec::<String>::new()).await?;
+        let Some(bytes) = value else { return Ok(None) };
+        let data: T = serde_json::from_slice(&bytes).map_err(|err| RedisError::Conversion(err.to_string()))?;
+        let left = u64::try_from(ttl_ms).map_or(self.ttl, Duration::from_millis);
+        let renewed = now.checked_sub(self.ttl.saturating_sub(left)).unwrap_or(now);
+        if now.duration_since(renewed) >= self.renewal_interval() {
+            // Renewed now: the renewal invalidates the key, so it is not kept (the next use reads it again).
+            return Ok(self.renew(&key).await?.then_some(data));
+        }
+        self.client_cache.fill(ticket, &key, Resumed { data: data.clone(), renewed, expires: now + left });
+        Ok(Some(data))
+    }
+
+    /// Restarts the TTL of `key`; `false` when it no longer exists.
+    async fn renew(&self, key: &str) -> Result<bool, RedisError> {
+        self.client_cache.forget(key);
+        self.redis.expire(key, self.ttl).await
     }
 
     /// Creates a session holding `data`; returns its new id.
@@ -95,7 +167,10 @@ impl RedisSessionStore {
         let mut ended = 0;
         // One key per command: the sessions may live on different nodes of a Redis Cluster.
         for digest in self.redis.zrange_all(&index).await? {
-            ended += self.redis.del(&[&self.key_of_digest(&digest)]).await?;
+            let key = self.key_of_digest(&digest);
+            self.client_cache.forget(&key);
+            ended += self.redis.del(&[&key]).await?;
+            self.client_cache.forget(&key);
         }
         self.redis.del(&[&index]).await?;
         Ok(ended)
@@ -113,7 +188,11 @@ impl RedisSessionStore {
 
     /// Ends the session; `false` when it did not exist.
     pub async fn delete(&self, id: &SessionId) -> Result<bool, RedisError> {
-        Ok(self.redis.del(&[&self.key(id)]).await? > 0)
+        let key = self.key(id);
+        self.client_cache.forget(&key);
+        let deleted = self.redis.del(&[&key]).await? > 0;
+        self.client_cache.forget(&key);
+        Ok(deleted)
     }
 
     fn key(&self, id: &SessionId) -> String {

@@ -117,6 +117,27 @@ pub const INFRA_METRICS: &[Description] = &[
         Unit::Count,
         "Rate limiter decisions (allowed, limited, fail_open, fail_closed).",
     ),
+    Description::counter(
+        redis::CLIENT_CACHE_LOOKUPS,
+        Unit::Count,
+        "Lookups in the Redis client-side cache (process memory) by result (hit, miss).",
+    ),
+    Description::counter(
+        redis::CLIENT_CACHE_INVALIDATIONS,
+        Unit::Count,
+        "Keys dropped from the client-side cache because Redis reported them changed.",
+    ),
+    Description::counter(
+        redis::CLIENT_CACHE_FLUSHES,
+        Unit::Count,
+        "Times the whole client-side cache was emptied (tracking lost or restarted, database flushed).",
+    ),
+    Description::gauge(
+        redis::CLIENT_CACHE_TRACKING,
+        Unit::Count,
+        "1 while Redis tracks the client-side cache's keys and hits are served from memory, else 0.",
+    ),
+    Description::gauge(redis::CLIENT_CACHE_ENTRIES, Unit::Count, "Entries in the Redis client-side cache."),
     // Kafka (`infra::kafka`)
     Description::counter(kafka::PRODUCED, Unit::Count, "Kafka records acknowledged by the brokers, by topic."),
     Description::counter(
