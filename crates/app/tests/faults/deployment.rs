@@ -172,6 +172,9 @@ impl Deployment {
             ("LOGIN_RATE_LIMIT", "10000".to_string()),
             ("LOGIN_ACCOUNT_RATE_LIMIT", "100000".to_string()),
             ("SHUTDOWN_TIMEOUT", "15".to_string()),
+            // A send hung by a broker restart is given up (and the producer replaced) within 10 s rather than the
+            // default 30 s: the matrix watches recovery for 45 s, and one hung round must not use most of that.
+            ("KAFKA_DELIVERY_TIMEOUT", "10".to_string()),
             // Shorter than the load's client timeout: a request held by a fault is answered (503/504).
             ("HTTP_REQUEST_TIMEOUT", "8".to_string()),
             ("OTEL_SERVICE_NAME", "rust-app-faults".to_string()),
