@@ -5,7 +5,8 @@
 //!
 //! The service runs in this process on 127.0.0.1:0 against the local stack, as `tests/api/helpers.rs` starts
 //! it (its own Kafka topic and group), with RATE_LIMIT_RPS and RATE_LIMIT_BURST at 1 000 000 so the per-IP
-//! limiter never refuses — it still runs, one Redis script per request, as in production. The requests come from
+//! limiter never refuses — it still runs as in production, leasing tokens from Redis (64 per lease at that rate)
+//! and spending them in process. The requests come from
 //! a loopback address of the run's own (127.x.y.z), so the limiter's state for 127.0.0.1, which every test
 //! against the local stack shares, is left alone. One user is created, signed in, and reads itself once to fill
 //! the cache; every request carries its session as `Authorization: Bearer` (GET /users/{id} needs one), and the
@@ -23,7 +24,8 @@
 //! generator's, the rest of the process (librdkafka...) and redis-server (`INFO cpu`), per request.
 //! BENCH_SIDES adds servers made of the bare one plus one of the service's layers (default `bare,app`):
 //! - `observe`: the service's `observe` middleware (request id, span, HTTP metrics, one log line);
-//! - `limiter`: the per-IP limiter as the service calls it (one GCRA script in Redis, RateLimit-* headers);
+//! - `limiter`: the per-IP limiter as the service calls it (a leased token, a GCRA lease in Redis when the
+//!   lease is spent, RateLimit-* headers);
 //! - `cache`: the handler reading the user through the service's `Users::get` (Redis GET, JSON both ways).
 //!
 //! BENCH_TELEMETRY: `json` (default: the service's JSON log layer at INFO, output discarded), `service` (that
@@ -34,6 +36,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use app::http::client_ip::LimitSubject;
 use app::http::extract::IdPath;
 use app::http::rate_limit;
 use app::http::users::UserBody;
@@ -54,7 +57,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use infra::config::Sources;
 use infra::postgres::PostgresClient;
-use infra::redis::{Limit, RateLimiter, RedisClient, WhenUnavailable};
+use infra::redis::{LeasedRateLimiter, RateLimiter, RedisClient, WhenUnavailable};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 
@@ -218,11 +221,10 @@ fn bare_router(body: Bytes) -> Router {
     Router::new().route("/users/{id}", get(bare)).with_state(body)
 }
 
-/// What `rate_limit::limit_per_ip` does for an API route: one limiter check, the RateLimit-* headers.
-async fn limit(State(limits): State<Arc<(RateLimiter, Limit)>>, request: Request, next: Next) -> Response {
+/// What `rate_limit::limit_per_ip` does for an API route: one leased limiter check, the RateLimit-* headers.
+async fn limit(State(limiter): State<LeasedRateLimiter<LimitSubject>>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
-    let key = format!("ip:{}", peer.expect("connect info"));
-    let decision = limits.0.check(&key, limits.1).await;
+    let decision = limiter.check(&LimitSubject::of(peer.expect("connect info"))).await;
     if !decision.allowed {
         return StatusCode::TOO_MANY_REQUESTS.into_response();
     }
@@ -254,7 +256,7 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");
             let limiter = RateLimiter::new(redis, "bench-rate", WhenUnavailable::from_config(&config.redis));
             let per_ip = rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst);
-            serve(bare_router(body).layer(from_fn_with_state(Arc::new((limiter, per_ip)), limit))).await
+            serve(bare_router(body).layer(from_fn_with_state(rate_limit::per_ip_limiter(limiter, per_ip), limit))).await
         }
         Side::Cache => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");

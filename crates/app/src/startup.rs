@@ -145,8 +145,10 @@ impl Application {
             publish_limiter: RateLimiter::new(redis.clone(), "rate:events", when_unavailable),
             users: users(&settings, &postgres, &redis, &client_cache),
             limits: Limits {
-                limiter: RateLimiter::new(redis.clone(), "rate", when_unavailable),
-                per_ip: rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst),
+                per_ip: rate_limit::per_ip_limiter(
+                    RateLimiter::new(redis.clone(), "rate", when_unavailable),
+                    rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst),
+                ),
                 login_limiter: RateLimiter::new(redis.clone(), "rate", WhenUnavailable::Deny),
                 login: rate_limit::login_limit(settings.sessions.login_attempts_per_minute),
                 login_per_account: rate_limit::login_limit(settings.sessions.account_login_attempts_per_minute),

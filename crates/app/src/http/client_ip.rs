@@ -1,7 +1,8 @@
 //! Who the client is, for rate limiting: the TCP peer, or — only when the peer is a configured trusted proxy —
 //! the address that proxy saw, from `X-Forwarded-For`.
 
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -47,9 +48,30 @@ pub fn is_trusted_proxy(peer: IpAddr, trusted: &[IpNet]) -> bool {
 /// usually gets a whole /64 (or more) and can pick a fresh address in it for every request: limiting single IPv6
 /// addresses would limit nobody.
 pub fn limit_subject(ip: IpAddr) -> String {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64).map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
+    LimitSubject::of(ip).to_string()
+}
+
+/// [`limit_subject`] without allocating: the per-IP limiter keys its in-process state by it on every request.
+/// Displayed as `limit_subject` writes it (`10.0.0.1`, `2001:db8:1:2::/64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LimitSubject(IpAddr);
+
+impl LimitSubject {
+    /// The subject `ip` counts as.
+    pub fn of(ip: IpAddr) -> Self {
+        match canonical(ip) {
+            IpAddr::V6(v6) => LimitSubject(IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX)))),
+            v4 => LimitSubject(v4),
+        }
+    }
+}
+
+impl fmt::Display for LimitSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
     }
 }
 
@@ -102,6 +124,8 @@ mod tests {
         assert_ne!(limit_subject(ip("2001:db8:1:3::1")), limit_subject(ip("2001:db8:1:2::1")));
         assert_eq!(limit_subject(ip("10.0.0.1")), "10.0.0.1");
         assert_eq!(limit_subject(ip("::ffff:10.0.0.1")), "10.0.0.1");
+        assert_eq!(LimitSubject::of(ip("2001:db8:1:2:aaaa::1")), LimitSubject::of(ip("2001:db8:1:2::9")));
+        assert_eq!(LimitSubject::of(ip("::ffff:10.0.0.1")), LimitSubject::of(ip("10.0.0.1")));
     }
 
     #[test]

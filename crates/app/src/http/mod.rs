@@ -27,7 +27,7 @@ use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use infra::health::HealthRegistry;
-use infra::redis::{Limit, RateLimiter};
+use infra::redis::{LeasedRateLimiter, Limit, RateLimiter};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -35,6 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::events::{EventLog, EventPublisher};
 use crate::users::Users;
 use access::Access;
+use client_ip::LimitSubject;
 use problem::Problem;
 use sessions::CookieSettings;
 
@@ -84,10 +85,8 @@ pub struct Services {
 /// Rate limits of the API.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// The Redis limiter (shared by every instance of the service).
-    pub limiter: RateLimiter,
-    /// Every API route, per client IP.
-    pub per_ip: Limit,
+    /// Every API route, per client IP: leased from the Redis limiter (shared by every instance of the service).
+    pub per_ip: LeasedRateLimiter<LimitSubject>,
     /// Counts login attempts; always fails closed (a login cannot succeed without Redis anyway).
     pub login_limiter: RateLimiter,
     /// Logins, per client IP (IPv6: per /64) and account.

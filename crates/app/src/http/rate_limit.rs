@@ -1,6 +1,9 @@
 //! Per-client rate limiting through the Redis limiter (GCRA, shared by every instance), with the IETF
 //! `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` headers on every limited route's answer and
-//! `Retry-After` on a 429.
+//! `Retry-After` on a 429. The per-IP limit leases a few tokens at a time and spends them in process
+//! ([`infra::redis::LeasedRateLimiter`]): one Redis round trip per lease, not per request. Its
+//! `RateLimit-Remaining` is then approximate: Redis' remaining when the lease was taken plus the tokens this
+//! instance still holds.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,15 +12,20 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use infra::redis::{Decision, Limit};
+use infra::redis::{Decision, LeasedRateLimiter, Limit, RateLimiter};
 
 use super::AppState;
-use super::client_ip::{ClientIp, client_ip, limit_subject};
+use super::client_ip::{ClientIp, LimitSubject, client_ip};
 use super::problem::Problem;
 
 /// The per-IP limit of every API route.
 pub fn per_ip_limit(rate_per_second: u32, burst: u32) -> Limit {
     Limit { rate: rate_per_second, period: Duration::from_secs(1), burst }
+}
+
+/// The per-IP limiter: `limit` for each [`LimitSubject`], leased from `limiter`'s keys `{prefix}:ip:{subject}`.
+pub fn per_ip_limiter(limiter: RateLimiter, limit: Limit) -> LeasedRateLimiter<LimitSubject> {
+    LeasedRateLimiter::new(limiter, "ip", limit)
 }
 
 /// A login limit: `attempts_per_minute`, all of them usable at once.
@@ -35,7 +43,7 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, n
     };
     let client = client_ip(peer, request.headers(), &state.limits.trusted_proxies);
     request.extensions_mut().insert(ClientIp(client));
-    let decision = state.limits.limiter.check(&format!("ip:{}", limit_subject(client)), state.limits.per_ip).await;
+    let decision = state.limits.per_ip.check(&LimitSubject::of(client)).await;
     if !decision.allowed {
         return too_many_requests(decision, "too many requests from this address; retry later");
     }
