@@ -36,6 +36,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use app::http::client_ip::LimitSubject;
 use app::http::extract::IdPath;
 use app::http::rate_limit;
 use app::http::users::UserBody;
@@ -56,7 +57,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use infra::config::Sources;
 use infra::postgres::PostgresClient;
-use app::http::client_ip::LimitSubject;
 use infra::redis::{LeasedRateLimiter, RateLimiter, RedisClient, WhenUnavailable};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
