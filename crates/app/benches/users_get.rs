@@ -26,7 +26,11 @@
 //! - `observe`: the service's `observe` middleware (request id, span, HTTP metrics, one log line);
 //! - `limiter`: the per-IP limiter as the service calls it (a leased token, a GCRA lease in Redis when the
 //!   lease is spent, RateLimit-* headers);
-//! - `cache`: the handler reading the user through the service's `Users::get` (Redis GET, JSON both ways).
+//! - `cache`: the handler reading the user through the service's `Users::get` (its client-side cache, or a Redis
+//!   GET and JSON decoding with REDIS_CLIENT_CACHE=false).
+//!
+//! REDIS_CLIENT_CACHE=false runs the service without its client-side cache (the users and sessions read from Redis
+//! on every request, as before it existed).
 //!
 //! BENCH_TELEMETRY: `json` (default: the service's JSON log layer at INFO, output discarded), `service` (that
 //! plus the OpenTelemetry layer, as `rust-app serve` installs them, nothing exported), `registry` (spans
@@ -43,7 +47,7 @@ use app::http::users::UserBody;
 use app::settings::Settings;
 use app::startup::Application;
 use app::users::postgres::PostgresUsers;
-use app::users::redis::{RedisSessions, RedisUserCache};
+use app::users::redis::{RedisSessions, RedisUserCache, USER_KEY_PREFIX};
 use app::users::{CachedUserRepository, Users};
 use axum::Router;
 use axum::body::Bytes;
@@ -57,7 +61,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use infra::config::Sources;
 use infra::postgres::PostgresClient;
-use infra::redis::{LeasedRateLimiter, RateLimiter, RedisClient, WhenUnavailable};
+use infra::redis::{ClientCache, LeasedRateLimiter, RateLimiter, RedisClient, WhenUnavailable};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 
@@ -183,7 +187,7 @@ struct RunningApp {
 }
 
 async fn start_app() -> RunningApp {
-    let env: Vec<(String, String)> = vec![
+    let mut env: Vec<(String, String)> = vec![
         ("KAFKA_TOPIC".into(), test_support::unique("bench-users")),
         ("KAFKA_CONSUMER_GROUP".into(), test_support::unique("bench-users-group")),
         // tansu makes a group join wait half the session timeout.
@@ -191,6 +195,10 @@ async fn start_app() -> RunningApp {
         ("RATE_LIMIT_RPS".into(), "1000000".into()),
         ("RATE_LIMIT_BURST".into(), "1000000".into()),
     ];
+    // REDIS_CLIENT_CACHE=false measures the service without its client-side cache (every read a round trip).
+    if let Ok(enabled) = std::env::var("REDIS_CLIENT_CACHE") {
+        env.push(("REDIS_CLIENT_CACHE".into(), enabled));
+    }
     let settings = Settings::from_sources(&Sources::from_maps(env, [])).expect("bench configuration is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = Application::build_with_listener(settings.clone(), listener).await.expect("app builds");
@@ -261,7 +269,9 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
         Side::Cache => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");
             let postgres = PostgresClient::connect_lazy(&config.postgres).expect("postgres client");
-            let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl);
+            // As the service reads users: through its client-side cache when REDIS_CLIENT_CACHE is on.
+            let client_cache = ClientCache::start(&config.redis, &[USER_KEY_PREFIX]);
+            let cache = RedisUserCache::new(redis.clone(), settings.users.cache_ttl).with_client_cache(client_cache);
             let users = Users::new(
                 Arc::new(CachedUserRepository::new(PostgresUsers::new(postgres), cache)),
                 Arc::new(RedisSessions::new(redis, settings.sessions.ttl, settings.sessions.max_lifetime)),

@@ -77,7 +77,9 @@ struct Entry {
 impl Entry {
     /// Holds nothing worth keeping: no spendable token, no refusal to repeat, nobody leasing.
     fn idle(&self, now: Instant) -> bool {
-        !self.local.has_tokens(now) && self.local.refused_until <= now && Arc::strong_count(&self.flight) == 1
+        !self.local.has_tokens(now)
+            && self.local.refused_until.is_none_or(|until| until <= now)
+            && Arc::strong_count(&self.flight) == 1
     }
 }
 
@@ -91,14 +93,14 @@ struct Local {
     /// When the key is fully replenished in Redis, as of the last answer.
     reset_at: Instant,
     /// Redis refused until then: requests before it are refused here.
-    refused_until: Instant,
+    refused_until: Option<Instant>,
     /// When the last lease failed (Redis unavailable): requests that were waiting for it take its outcome.
     failed_at: Option<Instant>,
 }
 
 impl Local {
     fn new(now: Instant) -> Self {
-        Local { tokens: 0, tokens_until: now, redis_remaining: 0, reset_at: now, refused_until: now, failed_at: None }
+        Local { tokens: 0, tokens_until: now, redis_remaining: 0, reset_at: now, refused_until: None, failed_at: None }
     }
 
     fn has_tokens(&self, now: Instant) -> bool {
@@ -108,8 +110,11 @@ impl Local {
     /// Answers from what this instance holds: a leased token, or the refusal Redis gave until its retry time.
     fn spend(&mut self, now: Instant, limit: Limit) -> Option<Decision> {
         let reset = self.reset_at.saturating_duration_since(now);
-        if now < self.refused_until {
-            let retry_after = self.refused_until - now;
+        // A request that arrived before a refusal's time was taken is not refused by it; nor by a refusal a later
+        // lease ended (`None`): comparing arrival times with the lease's own time refused requests that merely
+        // waited for the shard while a lease was recorded (seen as rare 429s at 1 000 000/s).
+        if let Some(until) = self.refused_until.filter(|until| now < *until) {
+            let retry_after = until - now;
             return Some(decision(false, limit, 0, reset, retry_after));
         }
         if !self.has_tokens(now) {
@@ -126,13 +131,13 @@ impl Local {
         self.failed_at = None;
         if grant.granted == 0 {
             self.tokens = 0;
-            self.refused_until = now + answer.retry_after;
+            self.refused_until = Some(now + answer.retry_after);
             return answer;
         }
         self.tokens = grant.granted - 1;
         self.tokens_until = now + validity;
         self.redis_remaining = answer.remaining;
-        self.refused_until = now;
+        self.refused_until = None;
         decision(true, limit, answer.remaining.saturating_add(self.tokens), answer.reset, Duration::ZERO)
     }
 }
