@@ -3,8 +3,9 @@
 //!
 //! Run: `scripts/stack up && cargo bench -p infra --bench kafka` (BENCH_MESSAGES per side and round, default
 //! 50000; BENCH_ROUNDS, default 4; BENCH_WINDOW sends in flight, default 256; BENCH_CASES, default
-//! `produce,consume`; BENCH_TELEMETRY as in benches/postgres.rs; BENCH_METRICS=off: no Prometheus recorder;
-//! KAFKA_LINGER_MS, KAFKA_BATCH_SIZE and KAFKA_COMPRESSION are passed to both sides).
+//! `produce,consume`; BENCH_CONSUME_SIDES, default `raw,raw+read,infra` (one side alone, e.g. under `perf record`);
+//! BENCH_TELEMETRY as in benches/postgres.rs; BENCH_METRICS=off: no Prometheus recorder; KAFKA_LINGER_MS,
+//! KAFKA_BATCH_SIZE and KAFKA_COMPRESSION are passed to both sides).
 //!
 //! Method: Kafka throughput cannot be measured paired operation by operation (a batch mixes both sides), so
 //! the sides take turns — raw, infra, infra, raw, raw, infra... — and each side's figure is its total records
@@ -356,6 +357,7 @@ fn main() {
         common::install_recorder();
     }
     let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "produce,consume".into());
+    let consume_sides = std::env::var("BENCH_CONSUME_SIDES").unwrap_or_else(|_| "raw,raw+read,infra".into());
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -397,6 +399,9 @@ fn main() {
             (Total::default(), Total::default(), Total::default());
         for round in (0..rounds).filter(|_| cases.contains("consume")) {
             for side in order(round, [Side::Raw, Side::RawRead, Side::Infra]) {
+                if !consume_sides.split(',').any(|name| name.trim() == side.name()) {
+                    continue;
+                }
                 let topic = new_topic("bench-consume").await;
                 producers.produce(Side::Raw, &topic, &data, messages, window).await;
                 let elapsed = consume(side, &config(&topic, &unique("bench-group")), messages).await;
@@ -416,7 +421,7 @@ fn main() {
             ("consume", &raw_consume, &infra_consume),
             ("consume, raw+read", &read_consume, &infra_consume),
         ] {
-            if raw.records == 0 {
+            if raw.records == 0 || infra.records == 0 {
                 continue;
             }
             println!("{name:<24} {:>12.0} {:>14.0} {:>7.3}", raw.rate(), infra.rate(), infra.rate() / raw.rate());

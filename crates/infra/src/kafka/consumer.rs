@@ -9,7 +9,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,6 +19,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -29,9 +32,10 @@ use super::dlq::dead_letter_headers;
 use super::error::{ConsumeError, FailureKind, HandlerError};
 use super::metrics::ConsumerMetrics;
 use super::producer::KafkaProducer;
-use super::record::{Record, RecordHeaders, headers::CORRELATION_ID};
+use super::record::headers::{CORRELATION_ID, TRACEPARENT};
+use super::record::{Record, RecordHeaders};
 use super::spans;
-use super::state::ConsumerState;
+use super::state::{ConsumerState, LagReport};
 use crate::telemetry::propagation;
 
 /// How often librdkafka reports statistics (lag, group state) and commits stored offsets.
@@ -100,6 +104,7 @@ pub struct KafkaConsumer {
     state: ConsumerState,
     metrics: ConsumerMetrics,
     address: String,
+    server: spans::Server,
     group: String,
 }
 
@@ -111,8 +116,8 @@ impl fmt::Debug for KafkaConsumer {
 
 /// What became of one record.
 enum Outcome {
-    /// Handled, or dead-lettered: its offset may be stored.
-    Done,
+    /// Handled, or dead-lettered, `at` that instant: its offset may be stored.
+    Done { at: Instant },
     /// Shutdown came first: the record stays unacknowledged and is redelivered later.
     Interrupted,
 }
@@ -167,6 +172,7 @@ impl KafkaConsumer {
             state,
             metrics: ConsumerMetrics::new(&config.topic),
             address: config.bootstrap_servers(),
+            server: spans::Server::first_of(&config.bootstrap_servers()),
             group: config.consumer_group.clone(),
         })
     }
@@ -187,17 +193,34 @@ impl KafkaConsumer {
     pub async fn consume(self, handler: &dyn Handler, shutdown: CancellationToken, close_timeout: Duration) {
         // Records polled while a slow handler call ran (see `process_polling`), handled next, in order.
         let mut polled = VecDeque::new();
+        let mut lag = LagReport::new(self.state.clone());
         loop {
-            let record = match polled.pop_front() {
-                Some(record) => record,
+            // The message stays borrowed until its offset is stored: storing through the message's own topic
+            // handle saves librdkafka a topic look-up (and a C string) per record.
+            let (record, message) = match polled.pop_front() {
+                Some(record) => (record, None),
                 None => {
-                    let message = tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => break,
-                        message = self.consumer.recv() => message,
+                    // Checked first, then awaited only while nothing is ready: registering a waiter on the token
+                    // for every record cost more than the check.
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    let recv = self.consumer.recv();
+                    tokio::pin!(recv);
+                    let message = match poll_once(recv.as_mut()).await {
+                        Poll::Ready(message) => message,
+                        Poll::Pending => {
+                            // Nothing more to read for now: the lag reported becomes exact.
+                            lag.report();
+                            tokio::select! {
+                                biased;
+                                message = &mut recv => message,
+                                () = shutdown.cancelled() => break,
+                            }
+                        }
                     };
                     match message {
-                        Ok(message) => Record::from_message(&message),
+                        Ok(message) => (Record::from_message(&message), Some(message)),
                         Err(err) => {
                             self.consumer_error(&err);
                             continue;
@@ -208,10 +231,14 @@ impl KafkaConsumer {
             let (outcome, more) = self.process_polling(handler, &record, &shutdown).await;
             polled.extend(more);
             match outcome {
-                Outcome::Done => self.store_offset(&record),
+                Outcome::Done { at } => {
+                    self.store_offset(&record, message.as_ref());
+                    lag.handled(record.partition, record.offset, at);
+                }
                 Outcome::Interrupted => break,
             }
         }
+        lag.report();
         self.close(close_timeout).await;
     }
 
@@ -229,6 +256,11 @@ impl KafkaConsumer {
     ) -> (Outcome, Vec<Record>) {
         let work = self.process(handler, record, shutdown);
         tokio::pin!(work);
+        // Most records are handled without waiting: those need no timer (creating and dropping one takes the
+        // runtime's timer lock).
+        if let Poll::Ready(outcome) = poll_once(work.as_mut()).await {
+            return (outcome, Vec::new());
+        }
         if let Ok(outcome) = tokio::time::timeout(STATS_AND_COMMIT_EVERY, &mut work).await {
             return (outcome, Vec::new());
         }
@@ -276,8 +308,11 @@ impl KafkaConsumer {
 
     /// Handles one record: attempts with backoff, then the dead-letter topic.
     async fn process(&self, handler: &dyn Handler, record: &Record, shutdown: &CancellationToken) -> Outcome {
-        let span = spans::process(record, &self.group, &self.address);
-        propagation::continue_trace(&span, &RecordHeaders(record));
+        let span = spans::process(record, &self.group, &self.server);
+        // Most records carry no trace context: no propagator (and no context look-up) for those.
+        if record.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT)) {
+            propagation::continue_trace(&span, &RecordHeaders(record));
+        }
         let correlation =
             record.header(CORRELATION_ID).and_then(|id| std::str::from_utf8(id).ok()).map(Arc::<str>::from);
         if let Some(id) = &correlation {
@@ -293,7 +328,7 @@ impl KafkaConsumer {
         let (outcome, dead_lettered) = match outcome {
             Attempts::Handled(attempts) => {
                 span.record("attempts", attempts);
-                (Outcome::Done, false)
+                (Outcome::Done { at: Instant::now() }, false)
             }
             Attempts::Failed { attempts, error } => {
                 span.record("attempts", attempts);
@@ -301,14 +336,14 @@ impl KafkaConsumer {
                 span.record(ERROR_TYPE, "handler_failed");
                 span.record("dead_lettered", true);
                 match self.dead_letter(record, &error, attempts, shutdown).instrument(span.clone()).await {
-                    true => (Outcome::Done, true),
+                    true => (Outcome::Done { at: Instant::now() }, true),
                     false => (Outcome::Interrupted, false),
                 }
             }
             Attempts::Interrupted => (Outcome::Interrupted, false),
         };
-        if matches!(outcome, Outcome::Done) {
-            self.metrics.processed(started.elapsed(), dead_lettered);
+        if let Outcome::Done { at } = outcome {
+            self.metrics.processed(at.saturating_duration_since(started), dead_lettered);
         }
         outcome
     }
@@ -398,13 +433,19 @@ impl KafkaConsumer {
         }
     }
 
-    fn store_offset(&self, record: &Record) {
-        // librdkafka's rd_kafka_offset_store takes the handled record's offset and commits the next one.
-        if let Err(err) = self.consumer.store_offset(&record.topic, record.partition, record.offset) {
+    /// Stores `record`'s offset, through `message` (the same record, still borrowed from librdkafka) when there
+    /// is one, else by topic name (a record polled while an earlier one was being handled).
+    fn store_offset(&self, record: &Record, message: Option<&BorrowedMessage<'_>>) {
+        // Both end in librdkafka's rd_kafka_offset_store, which takes the handled record's offset and commits
+        // the next one; by name costs a topic handle (created and destroyed) per call.
+        let stored = match message {
+            Some(message) => self.consumer.store_offset_from_message(message),
+            None => self.consumer.store_offset(&record.topic, record.partition, record.offset),
+        };
+        if let Err(err) = stored {
             // Happens when the partition was revoked meanwhile: its new owner will see the record again.
             tracing::warn!(target: "infra::kafka", topic = %record.topic, partition = record.partition, error = %err, "cannot store a Kafka offset");
         }
-        self.state.processed(record.partition, record.offset);
     }
 
     /// Commits the stored offsets and leaves the group, all within `timeout`: librdkafka's close can hang
@@ -467,6 +508,11 @@ impl Wait {
             "Kafka consumer stopped waiting: {how}"
         );
     }
+}
+
+/// Polls `future` once: its output if it is ready, without waiting.
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 enum Attempts {

@@ -45,10 +45,26 @@ pub(crate) fn delivered(span: &Span, partition: i32, offset: i64) {
     span.record(MESSAGING_KAFKA_OFFSET, offset);
 }
 
-/// The span of handling one consumed `record` as a member of `group`. `attempts`, `dead_lettered` and
-/// `correlation_id` are this service's own fields, recorded by the consumer.
-pub(crate) fn process(record: &Record, group: &str, bootstrap: &str) -> Span {
-    let (host, port) = first_broker(bootstrap);
+/// The `server.address` and `server.port` of a client's spans: its first bootstrap broker, parsed once per
+/// client rather than once per record.
+#[derive(Clone, Debug)]
+pub(crate) struct Server {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Server {
+    /// The first of the comma-separated `host:port` brokers in `bootstrap` (KAFKA_BROKERS).
+    pub(crate) fn first_of(bootstrap: &str) -> Self {
+        let (host, port) = first_broker(bootstrap);
+        Server { host: host.to_string(), port }
+    }
+}
+
+/// The span of handling one consumed `record` as a member of `group`, read from `server`. `attempts`,
+/// `dead_lettered` and `correlation_id` are this service's own fields, recorded by the consumer.
+pub(crate) fn process(record: &Record, group: &str, server: &Server) -> Span {
+    let Server { host, port } = server;
     tracing::info_span!(
         target: "infra::kafka",
         "kafka.process",
@@ -63,8 +79,8 @@ pub(crate) fn process(record: &Record, group: &str, bootstrap: &str) -> Span {
         { MESSAGING_KAFKA_OFFSET } = record.offset,
         { MESSAGING_CONSUMER_GROUP_NAME } = group,
         { MESSAGING_MESSAGE_BODY_SIZE } = record.value.as_ref().map_or(0, Vec::len),
-        { SERVER_ADDRESS } = host,
-        { SERVER_PORT } = port,
+        { SERVER_ADDRESS } = host.as_str(),
+        { SERVER_PORT } = *port,
         { ERROR_TYPE } = Empty,
         attempts = Empty,
         dead_lettered = false,

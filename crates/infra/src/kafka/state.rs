@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rdkafka::statistics::Statistics;
 use serde::Serialize;
@@ -108,15 +109,22 @@ impl ConsumerState {
         inner.total();
     }
 
-    /// A record was processed: its partition's lag drops at once instead of at the next statistics.
-    pub(crate) fn processed(&self, partition: i32, offset: i64) {
+    /// Records were processed, up to `offset` in each `(partition, offset)`: those partitions' lag drops at
+    /// once instead of at the next statistics. Partitions no longer assigned (revoked since) are left out: lag
+    /// is tracked for the assigned ones only.
+    pub(crate) fn processed(&self, handled: &[(i32, i64)]) {
         let mut inner = self.lock();
-        let high = inner.high.get(&partition).copied().unwrap_or(0).max(offset + 1);
-        inner.high.insert(partition, high);
-        let lag = high - (offset + 1);
-        inner.snapshot.lag.insert(partition, lag);
-        let Inner { snapshot, metrics, .. } = &mut *inner;
-        metrics.lag(&snapshot.topic, partition, lag);
+        for &(partition, offset) in handled {
+            if !inner.snapshot.assigned_partitions.contains(&partition) {
+                continue;
+            }
+            let high = inner.high.get(&partition).copied().unwrap_or(0).max(offset + 1);
+            inner.high.insert(partition, high);
+            let lag = high - (offset + 1);
+            inner.snapshot.lag.insert(partition, lag);
+            let Inner { snapshot, metrics, .. } = &mut *inner;
+            metrics.lag(&snapshot.topic, partition, lag);
+        }
         inner.total();
     }
 
@@ -142,6 +150,51 @@ impl ConsumerState {
     }
 }
 
+/// The shortest time between two reports of handled records to the lag (the state and the `kafka_consumer_lag`
+/// gauges) while the consumer is busy: reporting each record took a lock, map updates and a gauge per record, a
+/// good part of the consumer's own per-record cost. Records handled less than this apart are reported together;
+/// an idle consumer (nothing more to read) reports at once, and a record handled this long after the last report
+/// is reported with it.
+pub(crate) const LAG_REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// The consumer's handled offsets not yet reported to its [`ConsumerState`] (the latest per partition).
+pub(crate) struct LagReport {
+    state: ConsumerState,
+    handled: Vec<(i32, i64)>,
+    last_report: Option<Instant>,
+}
+
+impl LagReport {
+    pub(crate) fn new(state: ConsumerState) -> Self {
+        LagReport { state, handled: Vec::new(), last_report: None }
+    }
+
+    /// The record at `offset` of `partition` was handled (its offset stored) at `now`: reported at once if the
+    /// last report is [`LAG_REPORT_EVERY`] old, else with the next report.
+    pub(crate) fn handled(&mut self, partition: i32, offset: i64, now: Instant) {
+        match self.handled.iter_mut().find(|(p, _)| *p == partition) {
+            Some(entry) => entry.1 = offset,
+            None => self.handled.push((partition, offset)),
+        }
+        if self.last_report.is_none_or(|last| now.saturating_duration_since(last) >= LAG_REPORT_EVERY) {
+            self.report_at(now);
+        }
+    }
+
+    /// Reports what was handled since the last report, if anything: the consumer is idle or stopping.
+    pub(crate) fn report(&mut self) {
+        if !self.handled.is_empty() {
+            self.report_at(Instant::now());
+        }
+    }
+
+    fn report_at(&mut self, now: Instant) {
+        self.state.processed(&self.handled);
+        self.handled.clear();
+        self.last_report = Some(now);
+    }
+}
+
 impl std::fmt::Debug for ConsumerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("ConsumerState").field(&self.snapshot()).finish()
@@ -151,5 +204,51 @@ impl std::fmt::Debug for ConsumerState {
 impl Inner {
     fn total(&mut self) {
         self.snapshot.total_lag = self.snapshot.lag.values().sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use super::{ConsumerState, LAG_REPORT_EVERY, LagReport};
+
+    fn state_with(partitions: Vec<i32>) -> ConsumerState {
+        let state = ConsumerState::new("orders");
+        state.assigned(partitions);
+        state
+    }
+
+    #[test]
+    fn records_handled_within_the_interval_are_reported_together_and_at_once_when_idle() {
+        let state = state_with(vec![0, 1]);
+        let mut lag = LagReport::new(state.clone());
+        let start = Instant::now();
+        lag.handled(0, 4, start);
+        assert_eq!(state.snapshot().lag, BTreeMap::from([(0, 0)]), "the first record is reported at once");
+        lag.handled(0, 5, start + Duration::from_millis(10));
+        lag.handled(1, 7, start + Duration::from_millis(20));
+        assert_eq!(state.snapshot().lag, BTreeMap::from([(0, 0)]), "held back within {LAG_REPORT_EVERY:?}");
+        lag.report();
+        let snapshot = state.snapshot();
+        assert_eq!(snapshot.lag, BTreeMap::from([(0, 0), (1, 0)]));
+        let after = Instant::now();
+        lag.handled(1, 8, after + Duration::from_millis(30));
+        lag.handled(1, 9, after + LAG_REPORT_EVERY + Duration::from_millis(30));
+        assert_eq!(state.lock().high.get(&1), Some(&10), "reported once the interval passed");
+    }
+
+    #[test]
+    fn lag_is_the_high_watermark_minus_the_next_offset_and_revoked_partitions_are_left_out() {
+        let state = state_with(vec![2]);
+        state.lock().high.insert(2, 50);
+        let mut lag = LagReport::new(state.clone());
+        lag.handled(2, 19, Instant::now());
+        lag.handled(3, 5, Instant::now());
+        lag.report();
+        let snapshot = state.snapshot();
+        assert_eq!(snapshot.lag, BTreeMap::from([(2, 30)]));
+        assert_eq!(snapshot.total_lag, 30);
     }
 }
