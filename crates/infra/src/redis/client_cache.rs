@@ -217,6 +217,9 @@ struct Tracker {
 
 impl Tracker {
     async fn run(self) {
+        // However the task ends (a panic, the runtime shutting down), nothing is served from memory afterwards:
+        // without this task nobody would notice the tracking connection going away.
+        let _stop = StopTrackingOnExit(self.shared.clone());
         let mut pause = Duration::from_millis(100);
         loop {
             match self.connect().await {
@@ -289,6 +292,17 @@ impl Tracker {
                 Ok(Err(err)) => return format!("PING failed: {err}"),
                 Err(_) => return format!("PING unanswered within {PING_TIMEOUT:?}"),
             }
+        }
+    }
+}
+
+/// Turns tracking off when the tracker's task ends, whichever way it ends.
+struct StopTrackingOnExit(Weak<Shared>);
+
+impl Drop for StopTrackingOnExit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.stop_tracking("the tracking task ended");
         }
     }
 }
