@@ -58,13 +58,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Response;
 
     /// The caller [`authorize`] identified; on a route declared [`Access::Public`] there is none, and asking
-    /// for one is answered as "not signed in" rather than trusted.
+    /// for one is answered as "not signed in" rather than trusted. Taken out of the request (a handler takes it
+    /// once), so the record is moved, not copied.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| user_problem(UserError::Unauthenticated).into_response())
+        parts.extensions.remove::<Caller>().ok_or_else(|| user_problem(UserError::Unauthenticated).into_response())
     }
 }
 

@@ -117,22 +117,33 @@ impl RequestMetrics {
 pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request, next: Next) -> Response {
     let proxies = &observer.proxies;
     let started = Instant::now();
-    let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = match caller_request_id(&request) {
+        Some(theirs) => theirs,
+        None => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    // Checked visible ASCII (the caller's) or a UUID's text (ours).
+    let request_id_text = request_id.to_str().unwrap_or_default();
     let method = method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_string());
-    let span = server_span(&request, method, route.as_deref(), &request_id, proxies);
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    let span = server_span(&request, method, route, request_id_text, proxies);
     propagation::continue_trace(&span, &HeaderExtractor(request.headers()));
-    let id_header = HeaderValue::from_str(&request_id).ok();
-    if let Some(value) = &id_header {
-        request.headers_mut().insert(REQUEST_ID.clone(), value.clone());
-    }
-    let correlation: Arc<str> = Arc::from(request_id.as_str());
+    let correlation: Arc<str> = Arc::from(request_id_text);
     let mut response = propagation::with_correlation_id(correlation, next.run(request)).instrument(span.clone()).await;
-    if let Some(value) = id_header {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
-    }
-    finish(&span, &observer.metrics, method, route.as_deref().unwrap_or(UNMATCHED), &response, started);
+    finish(&span, &observer.metrics, method, route.unwrap_or(UNMATCHED), &response, started);
+    response.headers_mut().insert(REQUEST_ID.clone(), request_id);
     response
+}
+
+/// A fresh request id: a random UUID's hyphenated text, encoded without an intermediate `String`.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The server span on OpenTelemetry's stable HTTP conventions (names from `opentelemetry-semantic-conventions`):
@@ -219,12 +230,13 @@ fn finish(
 
 /// The caller's request id when it is reasonable: 1–128 visible ASCII characters without quotes or spaces.
 /// Anything else is replaced rather than trusted into every log line.
-fn caller_request_id(request: &Request) -> Option<String> {
-    let raw = request.headers().get(&REQUEST_ID)?.to_str().ok()?;
+fn caller_request_id(request: &Request) -> Option<HeaderValue> {
+    let value = request.headers().get(&REQUEST_ID)?;
+    let raw = value.as_bytes();
     let ok = !raw.is_empty()
         && raw.len() <= MAX_REQUEST_ID_LEN
-        && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-    ok.then(|| raw.to_string())
+        && raw.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    ok.then(|| value.clone())
 }
 
 /// The `method` label and `http.request.method` of a method outside the standard ones (OpenTelemetry's value).
@@ -256,7 +268,10 @@ mod tests {
 
     #[test]
     fn sane_caller_ids_are_kept_and_others_replaced() {
-        assert_eq!(caller_request_id(&request_with_id("abc-123_x.y:z")), Some("abc-123_x.y:z".to_string()));
+        assert_eq!(
+            caller_request_id(&request_with_id("abc-123_x.y:z")),
+            Some(HeaderValue::from_static("abc-123_x.y:z"))
+        );
         assert_eq!(caller_request_id(&request_with_id(&"a".repeat(129))), None);
         assert_eq!(caller_request_id(&request_with_id("has space")), None);
         assert_eq!(caller_request_id(&request_with_id("quote\"d")), None);

@@ -195,8 +195,17 @@ impl RedisSessionStore {
         Ok(deleted)
     }
 
+    /// `prefix:digest` built in one allocation: every signed-in request derives it.
     fn key(&self, id: &SessionId) -> String {
-        self.key_of_digest(&digest(id))
+        let mut hex_digest = [0_u8; 64];
+        let digest = Sha256::digest(id.0.as_bytes());
+        let mut key = String::with_capacity(self.prefix.len() + 1 + hex_digest.len());
+        key.push_str(&self.prefix);
+        key.push(':');
+        if hex::encode_to_slice(digest, &mut hex_digest).is_ok() {
+            key.extend(hex_digest.iter().map(|&byte| char::from(byte)));
+        }
+        key
     }
 
     fn key_of_digest(&self, digest: &str) -> String {

@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod config;
 mod error;
+mod json_log;
 mod process;
 pub mod prometheus;
 pub mod propagation;
@@ -23,7 +24,7 @@ mod traces;
 
 use std::time::Duration;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Metadata;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
@@ -66,34 +67,7 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let mut layer = json_subscriber::fmt::layer()
-        .with_writer(writer)
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false);
-    let inner = layer.inner_layer_mut();
-    inner.with_flattened_span_fields("span");
-    inner.add_multiple_dynamic_fields(|_event, context, fields| {
-        // The innermost span, client spans included (`lookup_current` would skip those this layer filters
-        // out): a log line written while handling a Kafka record carries that record's trace.
-        let current = context.current_span();
-        let Some(id) = current.id() else { return };
-        // The global dispatcher: a scoped one is not reachable from inside its own callbacks.
-        let Some(otel) =
-            tracing::dispatcher::get_default(|dispatch| tracing_opentelemetry::get_otel_context(id, dispatch))
-        else {
-            return;
-        };
-        let otel_span = otel.span();
-        let ids = otel_span.span_context();
-        if ids.is_valid() {
-            let _ = fields.write_field("trace_id", ids.trace_id().to_string());
-            let _ = fields.write_field("span_id", ids.span_id().to_string());
-        }
-    });
-    if let Some(name) = service_name {
-        inner.add_static_field("service.name", serde_json::Value::String(name.to_string()));
-    }
+    let layer = json_log::JsonLog::new(writer, service_name);
     layer.with_filter(filter.and(filter_fn(|metadata| !is_client_span(metadata))))
 }
 
