@@ -229,7 +229,7 @@ fn bare_router(body: Bytes) -> Router {
     Router::new().route("/users/{id}", get(bare)).with_state(body)
 }
 
-/// What `rate_limit::limit_per_ip` does for an API route: one leased limiter check, the RateLimit-* headers.
+/// What `rate_limit::limit_per_ip_and_time` does for an API route: one leased limiter check, the RateLimit-* headers.
 async fn limit(State(limiter): State<LeasedRateLimiter<LimitSubject>>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let decision = limiter.check(&LimitSubject::of(peer.expect("connect info"))).await;

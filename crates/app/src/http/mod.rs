@@ -130,7 +130,9 @@ fn ops_router(requests: RequestLimits) -> Router<AppState> {
         }
     }
     // Polled every few seconds: marked outside the limits so that even a timed-out probe is logged at debug.
-    handled(polled, requests).route_layer(map_response(observe::mark_polled)).merge(handled(inspected, requests))
+    let time_limit = || from_fn_with_state(requests.timeout, time_limit);
+    let polled = handled(polled, requests).layer(time_limit()).route_layer(map_response(observe::mark_polled));
+    polled.merge(handled(inspected, requests).layer(time_limit()))
 }
 
 /// An ops route: a `GET` path anyone may call, and its handler.
@@ -166,8 +168,10 @@ fn api_router(state: AppState) -> Router<AppState> {
         let rule = from_fn_with_state((state.clone(), route.access), access::authorize);
         routes = routes.route(route.path, route.handler.layer(rule));
     }
-    // Outside the request's limits: the rate limit answers before any work.
-    handled(routes.fallback(problem::not_found), requests).layer(from_fn_with_state(state, rate_limit::limit_per_ip))
+    // Outside the request's other limits: the rate limit answers before any work, then bounds the request's
+    // time (one layer for both: each layer costs its own boxed future and service clone per request).
+    handled(routes.fallback(problem::not_found), requests)
+        .layer(from_fn_with_state(state, rate_limit::limit_per_ip_and_time))
 }
 
 /// An API route: method and path, who may call it, and its handler.
@@ -249,19 +253,24 @@ pub fn api_routes() -> Vec<ApiRoute> {
 }
 
 /// What every route gets, innermost first: the 405 problem for a known path called with another method, the
-/// timeout bounding the handler, the body limit, and a panic answered as a 500 problem.
+/// body limit, and a panic answered as a 500 problem. The time limit is layered around these by each router
+/// ([`time_limit`], or the API's rate limit layer).
 fn handled(routes: Router<AppState>, requests: RequestLimits) -> Router<AppState> {
     routes
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(from_fn_with_state(requests.timeout, time_limit))
         .layer(DefaultBodyLimit::max(requests.body_limit))
         .layer(CatchPanicLayer::custom(problem::panic_response))
 }
 
-/// Answers 503 (with `Retry-After`) when a request takes longer than HTTP_REQUEST_TIMEOUT; its work is
-/// dropped. Every dependency call has its own, shorter timeout: this is the backstop.
+/// [`time_limited`] as a middleware.
 async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    time_limited(limit, next.run(request)).await
+}
+
+/// Answers 503 (with `Retry-After`) when `answer` takes longer than `limit` (HTTP_REQUEST_TIMEOUT); its work
+/// is dropped. Every dependency call has its own, shorter timeout: this is the backstop.
+pub async fn time_limited(limit: Duration, answer: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(timeout = ?limit, "request timed out");

@@ -33,13 +33,16 @@ pub fn login_limit(attempts_per_minute: u32) -> Limit {
     Limit { rate: attempts_per_minute, period: Duration::from_secs(60), burst: attempts_per_minute }
 }
 
-/// Attributes the request to its client ([`ClientIp`] in the extensions, for handlers) and applies the per-IP
-/// limit. Layered onto the API routes only (see `http::router`): the operational ones are never limited.
-pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Attributes the request to its client ([`ClientIp`] in the extensions, for handlers), applies the per-IP
+/// limit, then bounds the admitted request by HTTP_REQUEST_TIMEOUT ([`super::time_limited`]). Layered onto the
+/// API routes only (see `http::router`): the operational ones are never limited (and have their own time
+/// limit).
+pub async fn limit_per_ip_and_time(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let timeout = state.requests.timeout;
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let Some(peer) = peer else {
         // Only in-process tests without connection info get here: nothing to attribute the request to.
-        return next.run(request).await;
+        return super::time_limited(timeout, next.run(request)).await;
     };
     let client = client_ip(peer, request.headers(), &state.limits.trusted_proxies);
     request.extensions_mut().insert(ClientIp(client));
@@ -47,7 +50,7 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut request: Request, n
     if !decision.allowed {
         return too_many_requests(decision, "too many requests from this address; retry later");
     }
-    let mut response = next.run(request).await;
+    let mut response = super::time_limited(timeout, next.run(request)).await;
     // A route with its own, stricter limit has already set the headers of that limit.
     if !response.headers().contains_key(&LIMIT) {
         set_headers(response.headers_mut(), decision);
