@@ -109,3 +109,17 @@ async fn losing_the_tracking_connection_empties_the_memory() {
     until_tracking(&cache).await;
     assert_eq!(cache.get::<String>("user:1"), None);
 }
+
+#[tokio::test]
+async fn a_value_is_served_from_memory_only_until_its_ttl_ends() {
+    let prefix = format!("{}:", unique("client_cache_ttl"));
+    let pairs = [("REDIS_ADDR", "127.0.0.1:6379"), ("REDIS_CLIENT_CACHE_TTL", "1")];
+    let config = Config::from_sources(&Sources::from_env_pairs(&pairs)).expect("valid configuration").redis;
+    let cache = ClientCache::start(&config, &[&prefix]);
+    until_tracking(&cache).await;
+    let key = format!("{prefix}user");
+    cache.fill(cache.ticket(), &key, "kept".to_string());
+    assert_eq!(cache.get::<String>(&key).as_deref(), Some("kept"), "served within its TTL");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache.get::<String>(&key), None, "served past REDIS_CLIENT_CACHE_TTL");
+}

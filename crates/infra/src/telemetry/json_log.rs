@@ -244,12 +244,23 @@ where
 {
     line.extend_from_slice(b",\"span\":{\"name\":");
     let mut written: Vec<&'static str> = Vec::new();
-    for (depth, span) in scope.enumerate() {
-        if depth == 0 {
+    let mut spans = scope.peekable();
+    let mut innermost = true;
+    while let Some(span) = spans.next() {
+        if innermost {
             write_json_str(line, span.name());
         }
         let extensions = span.extensions();
         let Some(fields) = extensions.get::<SpanFields>() else { continue };
+        if innermost && spans.peek().is_none() {
+            // One span (an HTTP request's): its fields as they are, no key to compare.
+            if !fields.json.is_empty() {
+                line.push(b',');
+                line.extend_from_slice(&fields.json);
+            }
+            break;
+        }
+        innermost = false;
         for (key, range) in &fields.keys {
             if *key == "name" || written.contains(key) {
                 continue;
@@ -280,20 +291,51 @@ fn write_trace_ids(line: &mut Vec<u8>, event: &Event<'_>) {
     }
 }
 
-/// The current time as RFC 3339 in UTC with microseconds (`2026-12-01T18:19:07.566358Z`).
+/// The current time as RFC 3339 in UTC with microseconds (`2026-12-01T18:19:07.566358Z`). The text up to the
+/// seconds is kept per thread and reformatted only when the second changes: calendar arithmetic and `write!`
+/// on every line cost more than the rest of the line.
 fn write_timestamp(line: &mut Vec<u8>) {
-    let now = time::OffsetDateTime::now_utc();
-    let _ = write!(
-        line,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (seconds, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != seconds {
+            *cached = (seconds, format_second(seconds));
+        }
+        line.extend_from_slice(&cached.1);
+    });
+    let mut fraction = *b".000000Z";
+    let mut rest = micros;
+    for digit in fraction[1..7].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    line.extend_from_slice(&fraction);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `seconds` since the Unix epoch, in UTC.
+fn format_second(seconds: u64) -> [u8; 19] {
+    let mut text = [0_u8; 19];
+    let at = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| time::OffsetDateTime::from_unix_timestamp(seconds).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let formatted = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
     );
+    let bytes = formatted.as_bytes();
+    let length = bytes.len().min(text.len());
+    text[..length].copy_from_slice(&bytes[..length]);
+    text
 }
 
 /// A JSON number; serde_json writes non-finite floats as `null`.
@@ -421,6 +463,13 @@ mod tests {
             time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
         assert!((time::OffsetDateTime::now_utc() - parsed).whole_seconds().abs() < 60, "{timestamp}");
         assert_eq!(timestamp.len(), "2026-12-01T18:19:07.566358Z".len(), "{timestamp}");
+    }
+
+    #[test]
+    fn the_second_is_formatted_as_rfc_3339_in_utc() {
+        assert_eq!(&format_second(0), b"1970-01-01T00:00:00");
+        assert_eq!(&format_second(1_796_149_147), b"2026-12-01T18:19:07");
+        assert_eq!(&format_second(951_868_799), b"2000-02-29T23:59:59", "a leap day");
     }
 
     #[test]
