@@ -68,13 +68,13 @@ impl SpanFields {
     /// The fields a span is created with (each field once: nothing to replace).
     fn of(attributes: &Attributes<'_>) -> Self {
         let mut fields = SpanFields { json: Vec::with_capacity(256), keys: Vec::with_capacity(16) };
-        attributes.record(&mut FieldWriter { out: &mut fields, replace: false });
+        attributes.record(&mut JsonFields(FieldWriter { out: &mut fields, replace: false }));
         fields
     }
 
     /// Adds the fields recorded later, replacing earlier values.
     fn record(&mut self, values: &Record<'_>) {
-        values.record(&mut FieldWriter { out: self, replace: true });
+        values.record(&mut JsonFields(FieldWriter { out: self, replace: true }));
     }
 
     fn remove(&mut self, key: &str) {
@@ -95,7 +95,7 @@ struct FieldWriter<'a> {
     replace: bool,
 }
 
-impl FieldWriter<'_> {
+impl FieldSink for FieldWriter<'_> {
     fn field(&mut self, field: &Field, value: impl FnOnce(&mut Vec<u8>)) {
         if self.replace {
             self.out.remove(field.name());
@@ -113,27 +113,35 @@ impl FieldWriter<'_> {
     }
 }
 
-impl Visit for FieldWriter<'_> {
+/// Where a visited field's `"key":value` goes: a span's [`SpanFields`] or an event's line.
+trait FieldSink {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Vec<u8>));
+}
+
+/// Visits fields as JSON into a [`FieldSink`]: one `Visit` for spans and events.
+struct JsonFields<T>(T);
+
+impl<T: FieldSink> Visit for JsonFields<T> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |json| write_json_debug(json, value));
+        self.0.field(field, |out| write_json_debug(out, value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |json| write_json_str(json, value));
+        self.0.field(field, |out| write_json_str(out, value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |json| write_json_number(json, value));
+        self.0.field(field, |out| write_json_number(out, value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |json| write_json_number(json, value));
+        self.0.field(field, |out| write_json_number(out, value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |json| write_json_number(json, value));
+        self.0.field(field, |out| write_json_number(out, value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |json| json.extend_from_slice(if value { b"true" } else { b"false" }));
+        self.0.field(field, |out| out.extend_from_slice(if value { b"true" } else { b"false" }));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.field(field, |json| write_json_display(json, value));
+        self.0.field(field, |out| write_json_display(out, value));
     }
 }
 
@@ -142,7 +150,7 @@ struct EventWriter<'a> {
     line: &'a mut Vec<u8>,
 }
 
-impl EventWriter<'_> {
+impl FieldSink for EventWriter<'_> {
     fn field(&mut self, field: &Field, value: impl FnOnce(&mut Vec<u8>)) {
         if RESERVED_KEYS.contains(&field.name()) {
             return;
@@ -151,30 +159,6 @@ impl EventWriter<'_> {
         write_json_str(self.line, field.name());
         self.line.push(b':');
         value(self.line);
-    }
-}
-
-impl Visit for EventWriter<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |line| write_json_debug(line, value));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |line| write_json_str(line, value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |line| write_json_number(line, value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |line| write_json_number(line, value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |line| write_json_number(line, value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |line| line.extend_from_slice(if value { b"true" } else { b"false" }));
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.field(field, |line| write_json_display(line, value));
     }
 }
 
@@ -221,7 +205,7 @@ where
         line.extend_from_slice(metadata.level().as_str().as_bytes());
         line.extend_from_slice(b"\",\"target\":");
         write_json_str(line, metadata.target());
-        event.record(&mut EventWriter { line });
+        event.record(&mut JsonFields(EventWriter { line }));
         if let Some(scope) = ctx.event_scope(event) {
             write_span_fields(line, scope);
         }
