@@ -83,7 +83,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct ConnectionClock {
     state: Mutex<State>,
-    changed: Notify,
+    /// Notified by a reap, the one change that cannot wait for the task's next look.
+    reaped: Notify,
     /// Notified once, when the first request reaches the router (the permit is kept if nobody waits yet).
     first_request: Notify,
     timeouts: Timeouts,
@@ -95,7 +96,7 @@ impl ConnectionClock {
         let now = Instant::now();
         let phase = Phase::Waiting { idle_since: now, head_started: Some(now), received: false };
         let state = State { phase, reaped: false, started_a_request: false };
-        ConnectionClock { state: Mutex::new(state), changed: Notify::new(), first_request: Notify::new(), timeouts }
+        ConnectionClock { state: Mutex::new(state), reaped: Notify::new(), first_request: Notify::new(), timeouts }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -111,8 +112,6 @@ impl ConnectionClock {
         {
             *received = true;
             head_started.get_or_insert_with(Instant::now);
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
@@ -126,7 +125,6 @@ impl ConnectionClock {
         };
         let first = !std::mem::replace(&mut state.started_a_request, true);
         drop(state);
-        self.changed.notify_one();
         if first {
             self.first_request.notify_one();
         }
@@ -139,8 +137,6 @@ impl ConnectionClock {
             Phase::Serving { requests } if requests > 1 => Phase::Serving { requests: requests - 1 },
             _ => Phase::Waiting { idle_since: Instant::now(), head_started: None, received: false },
         };
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// Since when the connection has been idle, when it holds no request nor part of one (it can be reaped).
@@ -163,23 +159,35 @@ impl ConnectionClock {
     /// Asks the connection to close if it is still idle when its task looks.
     pub(crate) fn reap(&self) {
         self.state().reaped = true;
-        self.changed.notify_one();
+        self.reaped.notify_one();
     }
 
     /// Resolves when the connection must be closed, with the reason.
+    ///
+    /// The bytes and requests of the connection do not notify it: each notification would wake the connection's
+    /// task once more per request. Instead it looks again at most [`Self::step`] after each look. That misses no
+    /// deadline: a change at time `t` sets none earlier than `t + step` (a head started at `t` is due at
+    /// `t + header_read`, an idle connection at `t + keep_alive`), and the previous look, before `t`, was armed to
+    /// look again by `t + step`. Only a reap notifies (it must act now).
     pub(crate) async fn expired(&self) -> Closing {
+        let step = self.step();
         loop {
-            match self.check(Instant::now()) {
+            let now = Instant::now();
+            let next_look = match self.check(now) {
                 Err(closing) => return closing,
-                Ok(Some(deadline)) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
-                Ok(None) => self.changed.notified().await,
+                Ok(Some(deadline)) => deadline.min(now + step),
+                Ok(None) => now + step,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next_look) => {}
+                () = self.reaped.notified() => {}
             }
         }
+    }
+
+    /// The longest the connection's task goes without looking at its clock: the shorter of the two timeouts.
+    fn step(&self) -> Duration {
+        self.timeouts.header_read.min(self.timeouts.keep_alive)
     }
 
     /// The next deadline (none while serving), or why the connection is due now.
@@ -349,6 +357,39 @@ mod tests {
         assert_eq!(clock.check(Instant::now()), Ok(Some(Instant::now() + TIMEOUTS.keep_alive - idle)));
         clock.received();
         assert_expires(&clock, Closing::HeaderReadTimeout, TIMEOUTS.header_read).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_set_while_the_task_waits_is_met_on_the_instant() {
+        let clock = Arc::new(ConnectionClock::new(TIMEOUTS));
+        let opened = Instant::now();
+        let watcher = tokio::spawn({
+            let clock = Arc::clone(&clock);
+            async move { (clock.expired().await, Instant::now()) }
+        });
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(clock.request_started());
+        tokio::time::advance(Duration::from_secs(25)).await;
+        // 28 s after opening, idle since 3 s: a head starts, due 10 s later (the keep-alive would allow 63 s).
+        clock.received();
+        let (closing, at) = watcher.await.expect("watcher");
+        assert_eq!(closing, Closing::HeaderReadTimeout);
+        assert_eq!(at - opened, Duration::from_secs(38));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reap_is_acted_on_at_once() {
+        let clock = Arc::new(ConnectionClock::new(TIMEOUTS));
+        drop(clock.request_started());
+        let watcher = tokio::spawn({
+            let clock = Arc::clone(&clock);
+            async move { (clock.expired().await, Instant::now()) }
+        });
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let reaped_at = Instant::now();
+        clock.reap();
+        let (closing, at) = watcher.await.expect("watcher");
+        assert_eq!((closing, at), (Closing::Reaped, reaped_at));
     }
 
     #[tokio::test(start_paused = true)]
