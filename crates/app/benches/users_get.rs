@@ -23,9 +23,11 @@
 //! Where the time goes: each round's CPU time is split into the server runtime's threads, the load
 //! generator's, the rest of the process (librdkafka...) and redis-server (`INFO cpu`), per request.
 //! BENCH_SIDES adds servers made of the bare one plus one of the service's layers (default `bare,app`):
+//! - `server`: served by the service's own accept loop (`app::serve::serve`: connection clocks for the header
+//!   read and keep-alive timeouts, the connection cap) instead of `axum::serve`;
 //! - `observe`: the service's `observe` middleware (request id, span, HTTP metrics, one log line);
-//! - `limiter`: the per-IP limiter as the service calls it (a leased token, a GCRA lease in Redis when the
-//!   lease is spent, RateLimit-* headers);
+//! - `limiter`: the service's per-IP limit and request time limit layer (a leased token, a GCRA lease in Redis
+//!   when the lease is spent, RateLimit-* headers, the request's timer);
 //! - `cache`: the handler reading the user through the service's `Users::get` (its client-side cache, or a Redis
 //!   GET and JSON decoding with REDIS_CLIENT_CACHE=false).
 //!
@@ -40,7 +42,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app::http::client_ip::LimitSubject;
 use app::http::extract::IdPath;
 use app::http::rate_limit;
 use app::http::users::UserBody;
@@ -51,9 +52,8 @@ use app::users::redis::{RedisSessions, RedisUserCache, USER_KEY_PREFIX};
 use app::users::{CachedUserRepository, Users};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
@@ -61,7 +61,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use infra::config::Sources;
 use infra::postgres::PostgresClient;
-use infra::redis::{ClientCache, LeasedRateLimiter, RateLimiter, RedisClient, WhenUnavailable};
+use infra::redis::{ClientCache, RateLimiter, RedisClient, WhenUnavailable};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 
@@ -78,6 +78,7 @@ const CLIENT_THREAD: &str = "bench-loadgen";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Bare,
+    Server,
     Observe,
     Limiter,
     Cache,
@@ -88,6 +89,7 @@ impl Side {
     fn parse(name: &str) -> Option<Side> {
         Some(match name.trim() {
             "bare" => Side::Bare,
+            "server" => Side::Server,
             "observe" => Side::Observe,
             "limiter" => Side::Limiter,
             "cache" => Side::Cache,
@@ -99,6 +101,7 @@ impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Bare => "bare",
+            Side::Server => "bare+server",
             Side::Observe => "bare+observe",
             Side::Limiter => "bare+limiter",
             Side::Cache => "bare+cache",
@@ -112,7 +115,7 @@ impl Side {
         match self {
             Side::App => 2,
             Side::Cache => 1,
-            Side::Bare | Side::Observe | Side::Limiter => 0,
+            Side::Bare | Side::Server | Side::Observe | Side::Limiter => 0,
         }
     }
 }
@@ -157,6 +160,7 @@ fn install_subscriber() -> String {
     use tracing_subscriber::layer::SubscriberExt;
     let mode = std::env::var("BENCH_TELEMETRY").unwrap_or_else(|_| "json".into());
     let info = || tracing_subscriber::EnvFilter::new("info");
+    let log_filter = || infra::telemetry::LogFilter::parse("info").expect("filter");
     let result = match mode.as_str() {
         "off" => return mode,
         "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
@@ -165,12 +169,12 @@ fn install_subscriber() -> String {
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
             let subscriber = tracing_subscriber::registry()
                 .with(infra::telemetry::trace_layer(&provider))
-                .with(infra::telemetry::log_layer(Some("rust-app"), info(), std::io::sink));
+                .with(infra::telemetry::log_layer(Some("rust-app"), log_filter(), std::io::sink));
             tracing::subscriber::set_global_default(subscriber)
         }
         _ => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(infra::telemetry::log_layer(
             Some("rust-app"),
-            info(),
+            log_filter(),
             std::io::sink,
         ))),
     };
@@ -229,18 +233,6 @@ fn bare_router(body: Bytes) -> Router {
     Router::new().route("/users/{id}", get(bare)).with_state(body)
 }
 
-/// What `rate_limit::limit_per_ip_and_time` does for an API route: one leased limiter check, the RateLimit-* headers.
-async fn limit(State(limiter): State<LeasedRateLimiter<LimitSubject>>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
-    let decision = limiter.check(&LimitSubject::of(peer.expect("connect info"))).await;
-    if !decision.allowed {
-        return StatusCode::TOO_MANY_REQUESTS.into_response();
-    }
-    let mut response = next.run(request).await;
-    rate_limit::set_headers(response.headers_mut(), decision);
-    response
-}
-
 /// The service's handler body without its state: the user through `Users::get`, as JSON.
 async fn cached(State(users): State<Users>, IdPath(id): IdPath) -> Response {
     match users.get(id).await {
@@ -255,16 +247,25 @@ async fn start_side(side: Side, app: SocketAddr, settings: Settings, body: Bytes
     match side {
         Side::App => app,
         Side::Bare => serve(bare_router(body)).await,
+        Side::Server => {
+            // The service's accept loop (connection clocks, cap, graceful shutdown) instead of `axum::serve`.
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let served = app::serve::serve(listener, bare_router(body), settings.http.server, std::future::pending());
+            tokio::spawn(served);
+            address
+        }
         Side::Observe => {
             // No trusted proxies, as by default.
-            let observer = app::http::observe::Observer::new(&[]);
-            serve(bare_router(body).layer(from_fn_with_state(observer, app::http::observe::observe))).await
+            serve(bare_router(body).layer(app::http::observe::ObserveLayer::new(&[]))).await
         }
         Side::Limiter => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");
             let limiter = RateLimiter::new(redis, "bench-rate", WhenUnavailable::from_config(&config.redis));
             let per_ip = rate_limit::per_ip_limit(settings.http.rate_limit_rps, settings.http.rate_limit_burst);
-            serve(bare_router(body).layer(from_fn_with_state(rate_limit::per_ip_limiter(limiter, per_ip), limit))).await
+            let timeout = settings.http.request_timeout;
+            let limits = rate_limit::LimitLayer::new(rate_limit::per_ip_limiter(limiter, per_ip), &[], timeout);
+            serve(bare_router(body).layer(limits)).await
         }
         Side::Cache => {
             let redis = RedisClient::connect_lazy(&config.redis).expect("redis client");

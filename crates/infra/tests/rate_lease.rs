@@ -199,3 +199,22 @@ async fn two_hammered_instances_admit_at_most_one_limit_plus_the_documented_over
     assert!(busiest <= busiest_ideal + bound, "busiest window {busiest}, one GCRA {busiest_ideal}, bound {bound}");
     assert!(total >= ideal * 9 / 10, "the limit is not starved by leases: admitted {total} of {ideal}");
 }
+
+#[tokio::test]
+async fn check_local_answers_from_the_lease_and_leaves_a_new_lease_to_check() {
+    let server = RedisServer::start();
+    let limit = Limit { rate: 10, period: Duration::from_secs(60), burst: 10 };
+    let lease = LeasePolicy { size: 4, validity: Duration::from_secs(30) };
+    let instance = leased(&server.addr(), "rl", limit, lease);
+    let key = "198.51.100.8".to_string();
+    assert_eq!(instance.check_local(&key), None, "no lease yet: nothing to answer without Redis");
+    assert!(instance.check(&key).await.allowed, "the first check takes a lease of 4 and spends one");
+    for spent in 2..=4 {
+        let decision = instance.check_local(&key).unwrap_or_else(|| panic!("token {spent} of the lease"));
+        assert!(decision.allowed);
+    }
+    assert_eq!(instance.check_local(&key), None, "the lease is spent");
+    let scripts = server.calls("eval") + server.calls("evalsha");
+    assert!(instance.check(&key).await.allowed, "check takes the next lease");
+    assert_eq!(server.calls("eval") + server.calls("evalsha"), scripts + 1, "one round trip for the new lease");
+}

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod problem;
 pub mod rate_limit;
 pub mod sessions;
+mod timestamp;
 pub mod users;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use infra::health::HealthRegistry;
 use infra::redis::{LeasedRateLimiter, Limit, RateLimiter};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::events::{EventLog, EventPublisher};
@@ -107,14 +109,10 @@ pub struct RequestLimits {
 }
 
 /// All routes with their middleware: the ops routes and the API routes, each with the layers its audience
-/// needs, composed here under one `observe` layer that sees (and measures) every answer of both, 429s included.
+/// needs, both under the `observe` layer that sees (and measures) every answer, 429s included.
 pub fn router(state: AppState) -> Router {
-    let requests = state.requests;
-    let observer = observe::Observer::new(&state.limits.trusted_proxies);
-    ops_router(requests)
-        .merge(api_router(state.clone()))
-        .layer(from_fn_with_state(observer, observe::observe))
-        .with_state(state)
+    let observe = observe::ObserveLayer::new(&state.limits.trusted_proxies);
+    ops_router(state.requests).layer(observe.clone()).merge(api_router(state.clone(), observe)).with_state(state)
 }
 
 /// The routes the platform running the service calls: probes, health, metrics, and the ops page people read. Never
@@ -161,17 +159,27 @@ pub fn ops_routes() -> Vec<OpsRoute> {
 /// The routes clients call: users, sessions, events, the API's description, and the answer to unknown paths.
 /// Limited per client address; each route behind its [`Access`] rule. Built from [`api_routes`] only, so no
 /// route exists without an access decision.
-fn api_router(state: AppState) -> Router<AppState> {
+///
+/// The layers every API request passes are composed into one service applied once: each `Router::layer` call
+/// would wrap every route in one more boxed route, cloned and boxed again on each request.
+fn api_router(state: AppState, observe: observe::ObserveLayer) -> Router<AppState> {
     let requests = state.requests;
     let mut routes = Router::new();
     for route in api_routes() {
-        let rule = from_fn_with_state((state.clone(), route.access), access::authorize);
-        routes = routes.route(route.path, route.handler.layer(rule));
+        let rule = access::AccessLayer::new(state.clone(), route.access);
+        routes = routes.route(route.path, (route.handler)(rule));
     }
-    // Outside the request's other limits: the rate limit answers before any work, then bounds the request's
-    // time (one layer for both: each layer costs its own boxed future and service clone per request).
-    handled(routes.fallback(problem::not_found), requests)
-        .layer(from_fn_with_state(state, rate_limit::limit_per_ip_and_time))
+    let limits = &state.limits;
+    let layers = ServiceBuilder::new()
+        .layer(observe)
+        // Outside the request's other limits: the rate limit answers before any work, then bounds the
+        // request's time (HTTP_REQUEST_TIMEOUT).
+        .layer(rate_limit::LimitLayer::new(limits.per_ip.clone(), &limits.trusted_proxies, requests.timeout))
+        // The panic catcher answers with its own body type; axum's `Response` above it.
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(problem::panic_response))
+        .layer(DefaultBodyLimit::max(requests.body_limit));
+    routes.fallback(problem::not_found).method_not_allowed_fallback(problem::method_not_allowed).layer(layers)
 }
 
 /// An API route: method and path, who may call it, and its handler.
@@ -182,7 +190,9 @@ pub struct ApiRoute {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
-    handler: MethodRouter<AppState>,
+    /// The route's handler behind the access rule it is given: the rule wraps the handler itself, so the two
+    /// are one route (one boxed service per request, not two).
+    handler: Box<dyn FnOnce(access::AccessLayer) -> MethodRouter<AppState>>,
 }
 
 impl ApiRoute {
@@ -193,7 +203,8 @@ impl ApiRoute {
         H: Handler<T, AppState>,
         T: 'static,
     {
-        ApiRoute { method: verb.method(), path, access, handler: on(verb.filter(), handler) }
+        let handler = Box::new(move |rule| on(verb.filter(), handler.layer(rule)));
+        ApiRoute { method: verb.method(), path, access, handler }
     }
 }
 
@@ -252,9 +263,9 @@ pub fn api_routes() -> Vec<ApiRoute> {
     ]
 }
 
-/// What every route gets, innermost first: the 405 problem for a known path called with another method, the
-/// body limit, and a panic answered as a 500 problem. The time limit is layered around these by each router
-/// ([`time_limit`], or the API's rate limit layer).
+/// What every ops route gets, innermost first: the 405 problem for a known path called with another method, the
+/// body limit, and a panic answered as a 500 problem; the ops router layers its [`time_limit`] around these. (The
+/// API router composes the same layers into its one stack: [`api_router`].)
 fn handled(routes: Router<AppState>, requests: RequestLimits) -> Router<AppState> {
     routes
         .method_not_allowed_fallback(problem::method_not_allowed)
@@ -272,14 +283,17 @@ async fn time_limit(State(limit): State<Duration>, request: Request, next: Next)
 pub async fn time_limited(limit: Duration, answer: impl Future<Output = Response>) -> Response {
     match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout = ?limit, "request timed out");
-            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
-                .detail("the request took longer than the server allows; retry later");
-            problem.retry_after = Some(1);
-            problem.into_response()
-        }
+        Err(_) => timed_out(limit),
     }
+}
+
+/// The answer to a request that took longer than `limit` (logged as a warning): 503 `timeout`, `Retry-After: 1`.
+pub fn timed_out(limit: Duration) -> Response {
+    tracing::warn!(timeout = ?limit, "request timed out");
+    let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
+        .detail("the request took longer than the server allows; retry later");
+    problem.retry_after = Some(1);
+    problem.into_response()
 }
 
 /// Every metric of the process in the Prometheus text exposition format.

@@ -2,15 +2,17 @@
 //! metrics, and one log line per request.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::header::USER_AGENT;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use infra::telemetry::propagation;
 use ipnet::IpNet;
 use opentelemetry_http::HeaderExtractor;
@@ -18,8 +20,11 @@ use opentelemetry_semantic_conventions::attribute::{
     CLIENT_ADDRESS, ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
     USER_AGENT_ORIGINAL,
 };
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
+use tracing::instrument::Instrumented;
 
 use super::client_ip::{client_ip, is_trusted_proxy};
 
@@ -51,9 +56,9 @@ pub const UNMATCHED: &str = "unmatched";
 /// The longest `user_agent.original` recorded; longer ones are cut (a header may be kilobytes).
 const MAX_USER_AGENT_LEN: usize = 256;
 
-/// What [`observe`] needs: the trusted proxies and the HTTP metrics' handles.
+/// What [`Observe`] needs: the trusted proxies and the HTTP metrics' handles.
 #[derive(Debug)]
-pub struct Observer {
+struct Observer {
     /// The peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (HTTP_TRUSTED_PROXIES), as for rate
     /// limiting.
     proxies: Vec<IpNet>,
@@ -62,7 +67,7 @@ pub struct Observer {
 
 impl Observer {
     /// An observer believing `proxies`.
-    pub fn new(proxies: &[IpNet]) -> Arc<Self> {
+    fn new(proxies: &[IpNet]) -> Arc<Self> {
         Arc::new(Observer { proxies: proxies.to_vec(), metrics: RequestMetrics::default() })
     }
 }
@@ -112,31 +117,112 @@ impl RequestMetrics {
     }
 }
 
-/// Wraps every request: takes `x-request-id` from the caller (or makes one), runs the request inside its
-/// span with the id as correlation id, and returns the id in the response.
-pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request, next: Next) -> Response {
-    let proxies = &observer.proxies;
-    let started = Instant::now();
-    let request_id = match caller_request_id(&request) {
-        Some(theirs) => theirs,
-        None => {
-            let id = new_request_id();
-            request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
-    // Checked visible ASCII (the caller's) or a UUID's text (ours).
-    let request_id_text = request_id.to_str().unwrap_or_default();
-    let method = method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map(MatchedPath::as_str);
-    let span = server_span(&request, method, route, request_id_text, proxies);
-    propagation::continue_trace(&span, &HeaderExtractor(request.headers()));
-    let correlation: Arc<str> = Arc::from(request_id_text);
-    let mut response = propagation::with_correlation_id(correlation, next.run(request)).instrument(span.clone()).await;
-    finish(&span, &observer.metrics, method, route.unwrap_or(UNMATCHED), &response, started);
-    response.headers_mut().insert(REQUEST_ID.clone(), request_id);
-    response
+/// The observe middleware (request id, server span, HTTP metrics, one log line per request) as a `tower` layer.
+///
+/// Written as a service rather than with `axum::middleware::from_fn`: it wraps every request, and `from_fn` costs
+/// a boxed future, a boxed clone of the inner service and a boxed `Next` per request; this one answers with the
+/// inner future wrapped in place ([`ObservedResponse`]).
+#[derive(Clone, Debug)]
+pub struct ObserveLayer(Arc<Observer>);
+
+impl ObserveLayer {
+    /// Observes requests, believing `X-Forwarded-For` / `X-Forwarded-Proto` from `proxies` (HTTP_TRUSTED_PROXIES).
+    pub fn new(proxies: &[IpNet]) -> Self {
+        ObserveLayer(Observer::new(proxies))
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, observer: Arc::clone(&self.0) }
+    }
+}
+
+/// `inner` with every request observed (see [`ObserveLayer`]).
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    observer: Arc<Observer>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObservedResponse<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// Takes `x-request-id` from the caller (or makes one), and runs the request inside its span with the id as
+    /// correlation id. (The inner service's `call` only builds its future — axum's routes do — so the work runs
+    /// where the span and the id are in place: when the future is polled.)
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = match caller_request_id(&request) {
+            Some(theirs) => theirs,
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+        // Checked visible ASCII (the caller's) or a UUID's text (ours).
+        let request_id_text = request_id.to_str().unwrap_or_default();
+        let method = method_label(request.method());
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let matched = route.as_ref().map(MatchedPath::as_str);
+        let span = server_span(&request, method, matched, request_id_text, &self.observer.proxies);
+        propagation::continue_trace(&span, &HeaderExtractor(request.headers()));
+        let correlation: Arc<str> = Arc::from(request_id_text);
+        let answer = propagation::correlated(correlation, self.inner.call(request)).instrument(span);
+        let finish = Finish { observer: Arc::clone(&self.observer), method, route, started, request_id };
+        ObservedResponse { answer, finish: Some(finish) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an [`Observe`]d request: the inner future inside the request's span and correlation id, then
+    /// the span's status, the metrics, the log line and the `x-request-id` header once it is ready.
+    pub struct ObservedResponse<F> {
+        #[pin]
+        answer: Instrumented<TaskLocalFuture<Arc<str>, F>>,
+        finish: Option<Finish>,
+    }
+}
+
+/// What is recorded once the answer is ready.
+struct Finish {
+    observer: Arc<Observer>,
+    method: &'static str,
+    route: Option<MatchedPath>,
+    started: Instant,
+    request_id: HeaderValue,
+}
+
+impl<F> Future for ObservedResponse<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Ok(mut response) = ready!(this.answer.as_mut().poll(cx));
+        // Polled again after `Ready` would be a caller's bug; answering it with a fresh 500 beats a panic.
+        let Some(Finish { observer, method, route, started, request_id }) = this.finish.take() else {
+            return Poll::Ready(Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+        };
+        let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        finish(this.answer.span(), &observer.metrics, method, route, &response, started);
+        response.headers_mut().insert(REQUEST_ID.clone(), request_id);
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// A fresh request id: a random UUID's hyphenated text, encoded without an intermediate `String`.
@@ -158,15 +244,11 @@ fn server_span(
 ) -> tracing::Span {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let client = peer.map(|peer| client_ip(peer, request.headers(), proxies));
-    let name_method = if method == OTHER_METHOD { "HTTP" } else { method };
-    let name = match route {
-        Some(route) => format!("{name_method} {route}"),
-        None => name_method.to_string(),
-    };
+    let name = SpanName { method: if method == OTHER_METHOD { "HTTP" } else { method }, route };
     let user_agent = request.headers().get(USER_AGENT).and_then(|value| value.to_str().ok()).map(bounded_user_agent);
     tracing::info_span!(
         "http.request",
-        otel.name = name,
+        otel.name = %name,
         otel.kind = "server",
         otel.status_code = Empty,
         { HTTP_REQUEST_METHOD } = method,
@@ -179,6 +261,21 @@ fn server_span(
         { ERROR_TYPE } = Empty,
         request_id = %request_id,
     )
+}
+
+/// A server span's name, written when a layer records it (no `String` per request).
+struct SpanName<'a> {
+    method: &'static str,
+    route: Option<&'a str>,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.route {
+            Some(route) => write!(f, "{} {route}", self.method),
+            None => f.write_str(self.method),
+        }
+    }
 }
 
 /// `https` when a trusted proxy says so (`X-Forwarded-Proto`), else `http`: the service itself serves plain
@@ -219,13 +316,12 @@ fn finish(
     }
     metrics.record(method, route, status.as_u16(), elapsed.as_secs_f64());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    span.in_scope(|| {
-        if response.extensions().get::<Polled>().is_some() {
-            tracing::debug!(status = status.as_u16(), duration_ms, "request finished");
-        } else {
-            tracing::info!(status = status.as_u16(), duration_ms, "request finished");
-        }
-    });
+    // The span as the line's explicit parent: its fields and trace are the line's without entering it again.
+    if response.extensions().get::<Polled>().is_some() {
+        tracing::debug!(parent: span, status = status.as_u16(), duration_ms, "request finished");
+    } else {
+        tracing::info!(parent: span, status = status.as_u16(), duration_ms, "request finished");
+    }
 }
 
 /// The caller's request id when it is reasonable: 1–128 visible ASCII characters without quotes or spaces.
@@ -317,9 +413,7 @@ mod tests {
         let polled = axum::Router::new()
             .route("/probe", get(|| async { "up" }))
             .route_layer(axum::middleware::map_response(mark_polled));
-        let router = polled
-            .route("/api", get(|| async { "data" }))
-            .layer(axum::middleware::from_fn_with_state(Observer::new(&[]), observe));
+        let router = polled.route("/api", get(|| async { "data" })).layer(ObserveLayer::new(&[]));
         assert_eq!(finished_levels(router.clone(), "/probe").await, [tracing::Level::DEBUG]);
         assert_eq!(finished_levels(router.clone(), "/api").await, [tracing::Level::INFO]);
         assert_eq!(finished_levels(router, "/nowhere").await, [tracing::Level::INFO]);
@@ -387,7 +481,7 @@ mod tests {
         axum::Router::new()
             .route("/boom/{id}", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
             .route("/ok", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn_with_state(Observer::new(&proxies), observe))
+            .layer(ObserveLayer::new(&proxies))
     }
 
     fn field<'a>(span: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {

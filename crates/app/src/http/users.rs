@@ -46,10 +46,10 @@ pub struct UserBody {
     #[schema(example = "ada@example.com")]
     email: String,
     /// When the user registered (RFC 3339).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "super::timestamp::serialize")]
     created_at: OffsetDateTime,
     /// When the user last changed (RFC 3339).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "super::timestamp::serialize")]
     updated_at: OffsetDateTime,
 }
 
@@ -74,7 +74,7 @@ pub struct PublicProfile {
     /// Display name.
     name: String,
     /// When the user registered (RFC 3339).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "super::timestamp::serialize")]
     created_at: OffsetDateTime,
 }
 

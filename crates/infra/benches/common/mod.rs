@@ -7,12 +7,13 @@ pub fn install_subscriber() -> String {
     use tracing_subscriber::layer::SubscriberExt;
     let mode = std::env::var("BENCH_TELEMETRY").unwrap_or_else(|_| "json".into());
     let info = || tracing_subscriber::EnvFilter::new("info");
+    let log_filter = || infra::telemetry::LogFilter::parse("info").expect("filter");
     let result =
         match mode.as_str() {
             "off" => return mode,
             "registry" => tracing::subscriber::set_global_default(tracing_subscriber::registry().with(info())),
             _ => tracing::subscriber::set_global_default(
-                tracing_subscriber::registry().with(infra::telemetry::log_layer(None, info(), std::io::sink)),
+                tracing_subscriber::registry().with(infra::telemetry::log_layer(None, log_filter(), std::io::sink)),
             ),
         };
     result.expect("subscriber");

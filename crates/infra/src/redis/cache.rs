@@ -135,11 +135,11 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let started = Instant::now();
         if let Some(value) = self.client_cache.get::<T>(key) {
-            self.metrics.looked_up("hit", started.elapsed());
+            self.metrics.hit_in_memory();
             return Ok(value);
         }
+        let started = Instant::now();
         let ticket = self.client_cache.ticket();
         let (result, outcome) = self.lookup(key, ttl, loader).await;
         if let (Ok(value), "hit" | "miss") = (&result, outcome) {

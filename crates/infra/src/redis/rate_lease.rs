@@ -227,6 +227,15 @@ where
         self.inner.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
+    /// Takes one request from `key`'s allowance if a local lease has it, without waiting: `None` when a new lease
+    /// is needed (then [`check`](Self::check) takes it). Most requests are answered here, so a caller on a hot
+    /// path can answer them without an `async` block (which a hand-written `tower` service would have to box).
+    pub fn check_local(&self, key: &K) -> Option<Decision> {
+        let inner = &*self.inner;
+        let decision = inner.spend_local(inner.shard(key), key, Instant::now()).ok()?;
+        Some(inner.counted(decision))
+    }
+
     /// Takes one request from `key`'s allowance: from a local lease when one is left, else from a new lease.
     /// Never fails: when Redis is unavailable the limiter's policy decides. Every decision is counted.
     pub async fn check(&self, key: &K) -> Decision {

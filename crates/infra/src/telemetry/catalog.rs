@@ -110,7 +110,7 @@ pub const INFRA_METRICS: &[Description] = &[
     Description::histogram(
         redis::CACHE_DURATION,
         Unit::Seconds,
-        "Cache lookup duration by result; a miss includes loading the value.",
+        "Duration of cache lookups that reached Redis, by result; a miss includes loading the value.",
     ),
     Description::counter(
         redis::RATE_LIMIT_DECISIONS,

@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod config;
 mod error;
+mod filter;
 mod json_log;
 mod process;
 pub mod prometheus;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Metadata;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -36,6 +37,7 @@ use tracing_subscriber::{Layer, Registry};
 
 pub use config::{LogFormat, OtlpConfig, ServiceConfig, filter_for_verbosity};
 pub use error::TelemetryError;
+pub use filter::LogFilter;
 
 /// Targets of the client spans the log layer leaves to the trace pipeline.
 pub const CLIENT_SPAN_TARGETS: [&str; 3] = ["infra::postgres", "infra::redis", "infra::kafka"];
@@ -62,16 +64,16 @@ fn is_client_span(metadata: &Metadata<'_>) -> bool {
 /// `span` (the fields of every enclosing span, innermost winning), `trace_id` / `span_id` when an
 /// OpenTelemetry layer is installed, and `service.name` when given. Events at `filter`'s levels; client spans
 /// left out.
-pub fn log_layer<S, W>(service_name: Option<&str>, filter: EnvFilter, writer: W) -> impl Layer<S>
+pub fn log_layer<S, W>(service_name: Option<&str>, filter: LogFilter, writer: W) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let layer = json_log::JsonLog::new(writer, service_name);
-    layer.with_filter(filter.and(filter_fn(|metadata| !is_client_span(metadata))))
+    layer.with_filter(filter.boxed().and(filter_fn(|metadata| !is_client_span(metadata))))
 }
 
-fn pretty_layer<S, W>(filter: EnvFilter, writer: W) -> impl Layer<S>
+fn pretty_layer<S, W>(filter: LogFilter, writer: W) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -79,7 +81,7 @@ where
     tracing_subscriber::fmt::layer()
         .pretty()
         .with_writer(writer)
-        .with_filter(filter.and(filter_fn(|metadata| !is_client_span(metadata))))
+        .with_filter(filter.boxed().and(filter_fn(|metadata| !is_client_span(metadata))))
 }
 
 /// The layer turning `tracing` spans into OpenTelemetry spans of `provider`'s tracer.
@@ -90,7 +92,8 @@ where
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("rust-app"))
         .with_tracked_inactivity(false)
-        .with_filter(EnvFilter::new(TRACE_FILTER))
+        // Targets, not EnvFilter: the directives name no span (see `filter`). They are a constant that parses.
+        .with_filter(TRACE_FILTER.parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO)))
 }
 
 /// Flushes and stops the trace pipeline when the process ends.
@@ -114,8 +117,7 @@ impl TelemetryGuard {
 ///
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set it must be called inside a Tokio runtime (`Runtime::enter`).
 pub fn init(service: &ServiceConfig, output: LogOutput) -> Result<TelemetryGuard, TelemetryError> {
-    let filter =
-        EnvFilter::try_new(service.effective_log_filter()).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let filter = LogFilter::parse(&service.effective_log_filter()).map_err(TelemetryError::Filter)?;
     let provider = traces::provider(service)?;
     let logs = match (service.log_format, output) {
         (LogFormat::Json, LogOutput::Stdout) => log_layer(Some(&service.name), filter, std::io::stdout).boxed(),

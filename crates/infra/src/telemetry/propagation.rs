@@ -10,6 +10,7 @@ use std::sync::Arc;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header carrying the correlation id on Kafka records.
@@ -44,7 +45,13 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 
 /// Runs `work` with `id` as the correlation id: records produced inside carry it.
 pub async fn with_correlation_id<F: Future>(id: Arc<str>, work: F) -> F::Output {
-    CORRELATION_ID.scope(id, work).await
+    correlated(id, work).await
+}
+
+/// `work` with `id` as its correlation id, as a future of a nameable type: for a hand-written `tower` service
+/// whose response future cannot be an `async` block without being boxed.
+pub fn correlated<F: Future>(id: Arc<str>, work: F) -> TaskLocalFuture<Arc<str>, F> {
+    CORRELATION_ID.scope(id, work)
 }
 
 /// The correlation id of the work in progress (an HTTP request's id, a consumed record's id), if any.
