@@ -390,3 +390,35 @@ async fn a_topic_created_after_the_consumer_subscribed_is_consumed_within_a_meta
     stop.cancel();
     task.await.expect("task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_offset_past_the_end_of_a_recreated_log_is_consumed_from_the_beginning() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    // What a broker that lost its data leaves behind: the group's committed offset (10) past the end of a
+    // topic holding two records, written after it was re-created.
+    let config = topic(1, &[]).await;
+    let producer = KafkaProducer::connect_lazy(&config).expect("producer");
+    produce(&producer, &config.topic, "k", "first").await;
+    produce(&producer, &config.topic, "k", "second").await;
+    let committer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKER)
+        .set("group.id", &config.consumer_group)
+        .create()
+        .expect("committing client");
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(&config.topic, 0, Offset::Offset(10)).expect("offset");
+    committer.commit(&offsets, CommitMode::Sync).expect("commit offset 10");
+    drop(committer);
+
+    let recorder = Recorder::default();
+    let (stop, task, state) = spawn_consumer(&config, recorder.clone());
+    // Kafka answers a fetch at 10 with OFFSET_OUT_OF_RANGE and the consumer resets to the earliest offset; the
+    // local broker answers with no records, and the consumer must notice by itself.
+    let consumed = eventually(Duration::from_secs(30), async || recorder.count() >= 2).await;
+    assert!(consumed, "records before the stale position were skipped: {:?}", state.snapshot());
+    assert_eq!(recorder.values(), ["first", "second"]);
+    stop.cancel();
+    task.await.expect("task");
+}

@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -216,6 +216,11 @@ impl KafkaConsumer {
                                 biased;
                                 message = &mut recv => message,
                                 () = shutdown.cancelled() => break,
+                                // Nothing to read may mean a position past the end of a re-created log.
+                                () = self.state.rewind_requested() => {
+                                    self.rewind();
+                                    continue;
+                                }
                             }
                         }
                     };
@@ -288,6 +293,24 @@ impl KafkaConsumer {
             tracing::debug!(target: "infra::kafka", topic = %self.topic, error = %err, "cannot resume every paused partition");
         }
         (outcome, polled)
+    }
+
+    /// Consumes again from the start of its log each partition whose position stayed past the log's end
+    /// ([`ConsumerState::take_rewinds`] says when and why): `auto.offset.reset=earliest`, applied by hand for a
+    /// broker that does not answer OFFSET_OUT_OF_RANGE. A re-created log holds only what was written since, so
+    /// this hands the handler nothing it has seen (and handlers are idempotent anyway: at-least-once).
+    fn rewind(&self) {
+        for partition in self.state.take_rewinds() {
+            tracing::warn!(
+                target: "infra::kafka", topic = %self.topic, partition,
+                "Kafka partition position is past the end of its log (the topic was re-created or the broker lost \
+                 its data); consuming it from the beginning"
+            );
+            // No timeout: the seek is queued and done by librdkafka's own thread.
+            if let Err(err) = self.consumer.seek(&self.topic, partition, Offset::Beginning, Duration::ZERO) {
+                tracing::warn!(target: "infra::kafka", topic = %self.topic, partition, error = %err, "cannot seek a Kafka partition");
+            }
+        }
     }
 
     /// An error polling returned. Connection errors were already counted, and a missing topic already logged,

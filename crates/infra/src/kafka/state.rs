@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::statistics::Statistics;
+use rdkafka::statistics::{Partition, Statistics};
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::metrics::StateMetrics;
 
@@ -40,11 +41,22 @@ struct Inner {
     metrics: StateMetrics,
     /// The high watermark of each partition, from the latest statistics.
     high: BTreeMap<i32, i64>,
+    /// Partitions whose fetch position was past the end of their log in the latest statistics, with that position.
+    past_end: BTreeMap<i32, i64>,
+    /// Partitions to consume again from the start of their log (see [`ConsumerState::take_rewinds`]).
+    rewinds: Vec<i32>,
+}
+
+#[derive(Default)]
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Woken when a partition is added to `rewinds`.
+    rewind: Notify,
 }
 
 /// Shared, cheap-to-clone consumer state.
 #[derive(Clone, Default)]
-pub struct ConsumerState(Arc<Mutex<Inner>>);
+pub struct ConsumerState(Arc<Shared>);
 
 impl ConsumerState {
     pub(crate) fn new(topic: &str) -> Self {
@@ -78,6 +90,8 @@ impl ConsumerState {
         }
         inner.snapshot.lag.retain(|p, _| partitions.contains(p));
         inner.high.retain(|p, _| partitions.contains(p));
+        inner.past_end.clear();
+        inner.rewinds.clear();
         inner.metrics.assigned(partitions.len());
         inner.snapshot.member = !partitions.is_empty() || inner.snapshot.join_state == "steady";
         inner.snapshot.assigned_partitions = partitions;
@@ -105,8 +119,30 @@ impl ConsumerState {
             inner.high.insert(id, p.hi_offset);
             inner.snapshot.lag.insert(id, lag);
             inner.metrics.lag(&topic, id, lag);
+            if inner.stuck_past_end(id, p) {
+                inner.rewinds.push(id);
+                self.0.rewind.notify_one();
+            }
         }
         inner.total();
+    }
+
+    /// The partitions to consume again from the start of their log, taken: their fetch position stayed past
+    /// the end of the log (the high watermark) for two statistics in a row. A partition's position cannot pass
+    /// its high watermark unless the log was truncated or re-created under it: the topic deleted and created
+    /// again, or a broker that keeps topics in memory restarted, and the consumer kept — or fetched as its
+    /// group's committed offset — its old position. Kafka answers a fetch there with OFFSET_OUT_OF_RANGE and
+    /// librdkafka applies `auto.offset.reset`; a broker that instead answers with no records (the local
+    /// in-memory one does) would leave the consumer waiting until the new log grew past the old position,
+    /// skipping everything before it. This applies `auto.offset.reset=earliest` for such a broker.
+    pub(crate) fn take_rewinds(&self) -> Vec<i32> {
+        std::mem::take(&mut self.lock().rewinds)
+    }
+
+    /// Waits until [`ConsumerState::take_rewinds`] has a partition to give (at once if one was added since the
+    /// last wait).
+    pub(crate) async fn rewind_requested(&self) {
+        self.0.rewind.notified().await;
     }
 
     /// Records were processed, up to `offset` in each `(partition, offset)`: those partitions' lag drops at
@@ -146,7 +182,7 @@ impl ConsumerState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -205,6 +241,23 @@ impl Inner {
     fn total(&mut self) {
         self.snapshot.total_lag = self.snapshot.lag.values().sum();
     }
+
+    /// Whether `partition`'s fetch position is past the end of its log in this statistics report and was at the
+    /// same position, past the end, in the last one: the position is not moving and no record can arrive there
+    /// before the log grows past it. One report alone is not enough: its high watermark and position could come
+    /// from different fetches.
+    fn stuck_past_end(&mut self, partition: i32, stats: &Partition) -> bool {
+        let position = stats.next_offset;
+        if stats.fetch_state != "active" || stats.hi_offset < 0 || position <= stats.hi_offset {
+            self.past_end.remove(&partition);
+            return false;
+        }
+        let stuck = self.past_end.insert(partition, position) == Some(position);
+        if stuck {
+            self.past_end.remove(&partition);
+        }
+        stuck && !self.rewinds.contains(&partition)
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +290,41 @@ mod tests {
         lag.handled(1, 8, after + Duration::from_millis(30));
         lag.handled(1, 9, after + LAG_REPORT_EVERY + Duration::from_millis(30));
         assert_eq!(state.lock().high.get(&1), Some(&10), "reported once the interval passed");
+    }
+
+    /// Statistics for `orders` partition `partition`, fetching at `next` with the high watermark at `high`.
+    fn statistics(partition: i32, next: i64, high: i64) -> rdkafka::statistics::Statistics {
+        let stats = rdkafka::statistics::Partition {
+            partition,
+            fetch_state: "active".into(),
+            next_offset: next,
+            hi_offset: high,
+            stored_offset: -1,
+            committed_offset: -1,
+            lo_offset: -1,
+            ..Default::default()
+        };
+        let mut topic = rdkafka::statistics::Topic::default();
+        topic.partitions.insert(partition, stats);
+        let mut statistics = rdkafka::statistics::Statistics::default();
+        statistics.topics.insert("orders".into(), topic);
+        statistics
+    }
+
+    #[tokio::test]
+    async fn a_position_past_the_end_of_the_log_in_two_reports_in_a_row_asks_for_a_rewind() {
+        let state = state_with(vec![0, 1]);
+        state.update_from(&statistics(0, 10, 2));
+        assert!(state.take_rewinds().is_empty(), "one report could pair a new position with an old high watermark");
+        state.update_from(&statistics(0, 10, 2));
+        tokio::time::timeout(Duration::from_secs(1), state.rewind_requested()).await.expect("the consumer is woken");
+        assert_eq!(state.take_rewinds(), [0]);
+        assert!(state.take_rewinds().is_empty(), "taken once");
+
+        state.update_from(&statistics(1, 7, 2));
+        state.update_from(&statistics(1, 2, 2));
+        state.update_from(&statistics(1, 7, 9));
+        assert!(state.take_rewinds().is_empty(), "at or before the end of the log: nothing to do");
     }
 
     #[test]
