@@ -143,12 +143,25 @@ async fn a_leasing_limiter_without_redis_fails_open_or_closed_as_configured() {
 /// burst, then the rate). Prints the measurement; fails beyond the documented bound (N × (lease size − 1)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hammered_instances_admit_at_most_one_limit_plus_the_documented_overshoot() {
+    let limit = per_second(100, 100);
+    assert_eq!(LeasePolicy::for_limit(limit).size, 5, "one lease at a time");
+    hammer_two_instances(limit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hammered_instances_refilling_ahead_admit_at_most_one_limit_plus_the_documented_overshoot() {
+    let limit = per_second(1000, 1000);
+    assert_eq!(LeasePolicy::for_limit(limit).size, 50, "refilled ahead");
+    hammer_two_instances(limit).await;
+}
+
+/// Two instances, 16 callers each, asking for one key far above `limit` for 3 s: what they admit together is
+/// compared with one GCRA's admissions, in total and in the busiest 1 s window.
+async fn hammer_two_instances(limit: Limit) {
     const RUN: Duration = Duration::from_secs(3);
     const CALLERS_PER_INSTANCE: usize = 16;
     let prefix = unique("lease-overshoot");
-    let limit = per_second(100, 100);
     let lease = LeasePolicy::for_limit(limit);
-    assert_eq!(lease.size, 5);
     let instances = [leased(SHARED, &prefix, limit, lease), leased(SHARED, &prefix, limit, lease)];
     let admitted = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let started = Instant::now();
@@ -217,4 +230,25 @@ async fn check_local_answers_from_the_lease_and_leaves_a_new_lease_to_check() {
     let scripts = server.calls("eval") + server.calls("evalsha");
     assert!(instance.check(&key).await.allowed, "check takes the next lease");
     assert_eq!(server.calls("eval") + server.calls("evalsha"), scripts + 1, "one round trip for the new lease");
+}
+
+#[tokio::test]
+async fn a_busy_key_is_refilled_ahead_and_its_requests_never_wait_for_a_lease() {
+    let server = RedisServer::start();
+    let limit = Limit { rate: 100_000, period: Duration::from_secs(60), burst: 100_000 };
+    let lease = LeasePolicy { size: 16, validity: Duration::from_secs(30) };
+    let instance = leased(&server.addr(), "rl", limit, lease);
+    let key = "198.51.100.9".to_string();
+    assert!(instance.check(&key).await.allowed, "the first check takes a lease of 16 and spends one");
+    let leases_before = server.calls("eval") + server.calls("evalsha");
+    // A request every 5 ms: a refill started at half a lease (8 tokens, 40 ms ahead) lands long before the
+    // tokens run out. Without refills every 16th request would find none and have to wait for Redis.
+    for request in 1..=100 {
+        let decision = instance.check_local(&key).unwrap_or_else(|| panic!("request {request} found no token"));
+        assert!(decision.allowed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refills = server.calls("eval") + server.calls("evalsha") - leases_before;
+    // Each refill tops the tokens up to 15 from at most 8: at least 7 tokens each.
+    assert!((7..=15).contains(&refills), "{refills} refills for 100 requests");
 }
