@@ -9,8 +9,8 @@
 //! what one GCRA admits plus N × (size − 1)** (see [`LeasePolicy`]). Tokens still unspent after
 //! [`LeasePolicy::validity`] are dropped: undershoot, never overshoot.
 //!
-//! Refill ahead: with leases of [`REFILL_AHEAD_MIN_SIZE`] tokens or more, the request that leaves half a lease or
-//! less starts a lease in the background (up to `size − 1` held), so a busy key's requests do not all stop and
+//! Refill ahead: with leases of [`REFILL_AHEAD_MIN_SIZE`] tokens or more, the request that leaves a quarter of a
+//! lease or less starts a lease in the background (up to `size − 1` held), so a busy key's requests do not all stop and
 //! wait for Redis each time a lease runs out — with one lease per 64 requests, that wait was every request's
 //! cost (measured: the limiter layer alone at 0.72× the bare handler's throughput). A refill Redis refuses, or
 //! that fails, is not retried ahead: the request that finds no token asks Redis itself, as without refills.
@@ -166,14 +166,15 @@ impl Local {
         decision(true, limit, answer.remaining.saturating_add(self.tokens), answer.reset, Duration::ZERO)
     }
 
-    /// Whether the request that just spent a token should start a refill: leases large enough, half a lease or
-    /// less left, no refill under way or refused since the last lease. Marks the refill started.
+    /// Whether the request that just spent a token should start a refill: leases large enough, a quarter of a
+    /// lease or less left (late enough that a refill brings most of a lease, early enough that it lands before
+    /// the tokens run out: a Redis round trip is well under the time a busy key spends a quarter lease), no refill under way or refused since the last lease. Marks the refill started.
     fn wants_refill(&mut self, size: u32) -> bool {
         let wanted = size >= REFILL_AHEAD_MIN_SIZE
             && !self.refilling
             && !self.refill_refused
             && self.refused_until.is_none()
-            && self.tokens <= size / 2;
+            && self.tokens <= size / 4;
         self.refilling |= wanted;
         wanted
     }
@@ -182,7 +183,7 @@ impl Local {
     /// any more (a request's own lease came first).
     fn refill_wanted(&self, now: Instant, size: u32) -> u32 {
         let held = if self.has_tokens(now) { self.tokens } else { 0 };
-        if held > size / 2 { 0 } else { size - 1 - held }
+        if held > size / 4 { 0 } else { size - 1 - held }
     }
 
     /// Keeps a refill's answer: its tokens are added to those held, all spendable for a new validity. A refusal
@@ -528,23 +529,24 @@ mod tests {
     }
 
     #[test]
-    fn a_refill_starts_at_half_a_lease_and_tops_the_tokens_up_to_one_short_of_a_lease() {
+    fn a_refill_starts_at_a_quarter_of_a_lease_and_tops_the_tokens_up_to_one_short_of_a_lease() {
         let limit = limit(100_000, Duration::from_secs(1), 100_000);
         let (now, validity) = (Instant::now(), Duration::from_millis(50));
         let mut local = Local::new(now);
         local.record(granted(16, 1000, 10, 0), now, validity, limit);
         assert_eq!(local.tokens, 15);
         let mut started = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..12 {
             local.spend(now, limit).expect("a token");
             started.push(local.wants_refill(16));
         }
-        assert_eq!(started, [false, false, false, false, false, false, true, false], "at 8 left, once");
-        assert_eq!(local.refill_wanted(now, 16), 8, "7 held: 8 more make 15");
-        local.refilled(Some(granted(8, 900, 10, 0)), now + Duration::from_millis(10), validity);
+        let at_four_left_once = [false, false, false, false, false, false, false, false, false, false, true, false];
+        assert_eq!(started, at_four_left_once);
+        assert_eq!(local.refill_wanted(now, 16), 12, "3 held: 12 more make 15");
+        local.refilled(Some(granted(12, 900, 10, 0)), now + Duration::from_millis(10), validity);
         assert_eq!(local.tokens, 15, "never more than a lease less the token its taker spent");
         assert!(!local.refilling);
-        assert_eq!(local.refill_wanted(now, 16), 0, "more than half a lease held");
+        assert_eq!(local.refill_wanted(now, 16), 0, "more than a quarter of a lease held");
 
         assert!(!local.wants_refill(4), "small leases are not refilled ahead");
         local.tokens = 3;
