@@ -45,13 +45,12 @@ pub fn cache_key(id: UserId) -> String {
 #[async_trait]
 impl UserCache for RedisUserCache {
     async fn find_through(&self, id: UserId, repository: &dyn UserRepository) -> Result<Option<User>, UserError> {
-        // An unknown id is an error to the cache, so that it is not stored; to the caller it is no user.
-        let load = || async move { repository.find(id).await?.ok_or(UserError::NotFound) };
-        match self.cache.get_or_load(&cache_key(id), self.ttl, load).await {
-            Ok(user) => Ok(Some(user)),
-            Err(UserError::NotFound) => Ok(None),
-            Err(err) => Err(err),
+        let key = cache_key(id);
+        if let Some(user) = self.cache.get_from_memory(&key) {
+            return Ok(Some(user));
         }
+        // Boxed: this method's own future stays small for the hit above (see `Cache::get_from_memory`).
+        Box::pin(self.load_through(key, id, repository)).await
     }
 
     async fn invalidate(&self, id: UserId) -> Result<(), PortError> {
@@ -61,6 +60,24 @@ impl UserCache for RedisUserCache {
             .invalidate(&cache_key(id))
             .await
             .map_err(|err| PortError::unavailable(format!("cannot invalidate the cached user {id}: {err}")))
+    }
+}
+
+impl RedisUserCache {
+    /// The user from Redis, or from `repository` (then cached).
+    async fn load_through(
+        &self,
+        key: String,
+        id: UserId,
+        repository: &dyn UserRepository,
+    ) -> Result<Option<User>, UserError> {
+        // An unknown id is an error to the cache, so that it is not stored; to the caller it is no user.
+        let load = || async move { repository.find(id).await?.ok_or(UserError::NotFound) };
+        match self.cache.get_or_load(&key, self.ttl, load).await {
+            Ok(user) => Ok(Some(user)),
+            Err(UserError::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }
 
@@ -113,14 +130,19 @@ impl SessionStore for RedisSessions {
             return Ok(None);
         };
         // A session from before the absolute lifetime existed does not parse: it is simply over.
-        // Its sliding TTL is renewed as it is read (at most once per renewal interval).
-        let data = match self.store.resume::<SessionData>(&id).await {
+        // Its sliding TTL is renewed as it is read (at most once per renewal interval). From memory first, Redis
+        // (boxed) then: this method's own future stays small for the first (see `resume_from_memory`).
+        let resumed = match self.store.resume_from_memory::<SessionData>(&id) {
+            Some(data) => Ok(Some(data)),
+            None => Box::pin(self.store.resume::<SessionData>(&id)).await,
+        };
+        let data = match resumed {
             Ok(Some(data)) => data,
             Ok(None) | Err(RedisError::Conversion(_)) => return Ok(None),
             Err(err) => return Err(session_error(err)),
         };
         if self.expired(&data) {
-            self.store.delete(&id).await.map_err(session_error)?;
+            Box::pin(self.store.delete(&id)).await.map_err(session_error)?;
             return Ok(None);
         }
         Ok(Some(data.user))

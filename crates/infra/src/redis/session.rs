@@ -101,6 +101,9 @@ impl RedisSessionStore {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
+        if let Some(data) = self.resume_from_memory(id) {
+            return Ok(Some(data));
+        }
         let key = self.key(id);
         let now = Instant::now();
         if let Some(resumed) = self.client_cache.get::<Resumed<T>>(&key).filter(|resumed| now < resumed.expires) {
@@ -122,6 +125,19 @@ impl RedisSessionStore {
         }
         self.client_cache.fill(ticket, &key, Resumed { data: data.clone(), renewed, expires: now + left });
         Ok(Some(data))
+    }
+
+    /// The session's data when the client cache holds it and its TTL needs no renewal yet: the answer
+    /// [`Self::resume`] gives without Redis, without its `async` machinery. A caller on a hot path tries this
+    /// first and awaits `resume` (boxed) only when it answers `None`: `resume`'s future is large (it holds the
+    /// Redis calls'), and every `async` layer that awaits it copies all of it — a cost measured on each request.
+    pub fn resume_from_memory<T>(&self, id: &SessionId) -> Option<T>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let now = Instant::now();
+        let resumed = self.client_cache.get::<Resumed<T>>(&self.key(id)).filter(|resumed| now < resumed.expires)?;
+        (now.duration_since(resumed.renewed) < self.renewal_interval()).then_some(resumed.data)
     }
 
     /// Restarts the TTL of `key`; `false` when it no longer exists.
