@@ -93,8 +93,19 @@ impl Scenario {
     }
 }
 
-/// The scenarios in the order they run.
+/// The scenarios in the order they run; with FAULTS_SCENARIOS set (comma-separated, e.g. `broker` or
+/// `Redis: stopped,broker: kill`), only those whose name contains one of its parts — to reproduce one by hand.
 fn scenarios() -> Vec<Scenario> {
+    let chosen = std::env::var("FAULTS_SCENARIOS").unwrap_or_default();
+    let parts: Vec<&str> = chosen.split(',').map(str::trim).filter(|part| !part.is_empty()).collect();
+    let mut all = all_scenarios();
+    if !parts.is_empty() {
+        all.retain(|scenario| parts.iter().any(|part| scenario.name().contains(part)));
+    }
+    all
+}
+
+fn all_scenarios() -> Vec<Scenario> {
     let mut all = Vec::new();
     for dependency in [Dependency::Postgres, Dependency::Redis] {
         for fault in [Fault::Kill, Fault::Stop, Fault::Cut, Fault::Latency] {
@@ -391,10 +402,39 @@ async fn verify(
         let registered_after = registered_after_restart(api, &since);
         match checks::created_once(deployment, &registered_after).await {
             Ok(at) => consistent = consistent.max(at),
-            Err(failure) => failures.push(format!("events do not flow again after the broker restart: {failure}")),
+            Err(failure) => failures.push(format!(
+                "events do not flow again after the broker restart: {failure}; the instances' logs: {}",
+                keep_logs(deployment, scenario)
+            )),
         }
     }
     if failures.is_empty() { Ok(consistent) } else { Err(failures) }
+}
+
+/// Copies each instance's output so far to target/reliability/ (the instances' working directories are removed
+/// with them), for a failure to point at; the paths.
+fn keep_logs(deployment: &Deployment, scenario: Scenario) -> String {
+    let dir = reliability_dir();
+    let slug: String =
+        scenario.name().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let kept = deployment.instances.iter().enumerate().map(|(n, instance)| {
+        let path = dir.join(format!("{slug}-instance-{n}.log"));
+        match std::fs::write(&path, instance.output()) {
+            Ok(()) => path.display().to_string(),
+            Err(err) => format!("instance {n}'s not kept: {err}"),
+        }
+    });
+    kept.collect::<Vec<_>>().join(", ")
+}
+
+/// target/reliability, created if needed.
+fn reliability_dir() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("reliability");
+    std::fs::create_dir_all(&dir).expect("target/reliability");
+    dir
 }
 
 /// The users among `touched` the recovery probe registered (after the broker was back).
@@ -452,10 +492,5 @@ fn write_table(rows: &[Row], elapsed: Duration) {
         rows.len(),
         elapsed.as_secs_f64()
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = target.join("reliability");
-    std::fs::create_dir_all(&dir).expect("target/reliability");
-    std::fs::write(dir.join("table.md"), table).expect("write the table");
+    std::fs::write(reliability_dir().join("table.md"), table).expect("write the table");
 }
