@@ -212,27 +212,11 @@ fn parse_event(body: serde_json::Value) -> Result<NewEvent, String> {
         return Err("the body must be a JSON object with type, key and data".to_string());
     }
     let event: NewEvent = serde_json::from_value(body).map_err(|err| err.to_string())?;
-    if contains_nul(&event.data) {
-        // PostgreSQL's jsonb cannot store U+0000: accepted, the event could never be recorded (dead-lettered).
-        return Err("data must not contain the character U+0000 (\\u0000), in keys or strings".to_string());
-    }
     if event.kind.as_str().starts_with(RESERVED_PREFIX) {
         // The consumer turns user_* events into users' audit trails: only the service's outbox may emit them.
         return Err(format!("types starting with {RESERVED_PREFIX:?} are reserved for the service's own events"));
     }
     Ok(event)
-}
-
-/// Whether a key or string anywhere in `value` holds U+0000.
-fn contains_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(text) => text.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(contains_nul),
-        serde_json::Value::Object(fields) => {
-            fields.iter().any(|(key, value)| key.contains('\0') || contains_nul(value))
-        }
-        _ => false,
-    }
 }
 
 /// Event types only the service itself publishes (through its outbox).

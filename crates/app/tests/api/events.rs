@@ -83,7 +83,7 @@ async fn a_published_event_is_recorded_and_readable_by_id() {
 }
 
 #[tokio::test]
-async fn data_at_the_edges_of_json_is_recorded_and_read_back_or_refused_at_once() {
+async fn the_largest_and_smallest_doubles_in_data_are_recorded_and_read_back() {
     let app = spawn_admin_app(&[("KAFKA_TOPIC", &unique("events-edges"))]).await;
     // PostgreSQL's jsonb gives the largest doubles back as 309-digit integers; they must read back (found by the
     // contract's fuzzing: GET /events/{id} answered 503).
@@ -91,12 +91,6 @@ async fn data_at_the_edges_of_json_is_recorded_and_read_back_or_refused_at_once(
     let published = publish(&app, "edge.numbers", "k", data.clone()).await;
     let logged = recorded(&app, published["id"].as_str().expect("an id")).await;
     assert_eq!(logged["data"], data);
-    // U+0000 cannot be stored in jsonb: refused when published, not accepted and then dead-lettered.
-    for data in [json!({"text": "a\u{0}b"}), json!({"a\u{0}": 1}), json!([["\u{0}"]])] {
-        let response = post_event(&app, &json!({"type": "edge.nul", "key": "k", "data": data})).await;
-        let body = assert_problem(response, 422, "invalid-body", &format!("{data}")).await;
-        assert!(body["detail"].as_str().is_some_and(|detail| detail.contains("U+0000")), "{body}");
-    }
     app.stop().await;
 }
 
